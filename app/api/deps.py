@@ -1,0 +1,88 @@
+"""Dependencies shared by routes: the runtime, a DB session, the caller's account."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request, UploadFile
+from sqlalchemy.orm import Session
+
+from app.db.tables import Account
+from app.errors import InvalidInput, PayloadTooLarge, Unauthorized
+from app.runtime import Runtime
+from app.services.accounts import authenticate
+from app.services.images import Upload
+
+SESSION_COOKIE = "nanonet_key"
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_session(runtime: RuntimeDep) -> Iterator[Session]:
+    with runtime.session_factory() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def api_key_from(request: Request) -> str | None:
+    """Return the key from `Authorization: Bearer KEY`, HTTP Basic `KEY:`, or the web cookie."""
+    header = request.headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer" and credentials:
+        return credentials
+    if scheme.lower() == "basic" and credentials:
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        username, _, _password = decoded.partition(":")
+        return username or None
+    return request.cookies.get(SESSION_COOKIE) or None
+
+
+def get_account(request: Request, session: SessionDep) -> Account:
+    key = api_key_from(request)
+    if key is None:
+        raise Unauthorized("Send your API key as `Authorization: Bearer KEY` "
+                           "(or as the HTTP Basic username with an empty password).",
+                           code="missing_api_key")
+    account = authenticate(session, key=key)
+    if account is None:
+        raise Unauthorized("This API key is not valid.", code="invalid_api_key")
+    return account
+
+
+AccountDep = Annotated[Account, Depends(get_account)]
+
+
+def check_request_size(request: Request, runtime: RuntimeDep) -> None:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > runtime.settings.max_request_bytes:
+        raise PayloadTooLarge(
+            f"The request is {int(length)} bytes; the limit is "
+            f"{runtime.settings.max_request_bytes} bytes. Send fewer files per request.",
+            code="request_too_large")
+
+
+def read_uploads(files: list[UploadFile] | None, runtime: Runtime) -> list[Upload]:
+    """Read each part, keeping at most max_file_bytes + 1 bytes so size checks stay cheap."""
+    if not files:
+        raise InvalidInput("Send at least one image as a multipart `files` part.",
+                           code="no_files", status=400)
+    if len(files) > runtime.settings.max_files_per_request:
+        raise PayloadTooLarge(f"At most {runtime.settings.max_files_per_request} files per "
+                              f"request; this one has {len(files)}.", code="too_many_files")
+    limit = runtime.settings.max_file_bytes + 1
+    return [Upload(filename=part.filename or f"file{index}", data=part.file.read(limit))
+            for index, part in enumerate(files)]

@@ -1,0 +1,78 @@
+"""One Settings object: every knob of the service, read from NANONET_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NANONET_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path("data")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file in data_dir"
+    )
+    job_backend: Literal["inprocess", "celery"] = "inprocess"
+    job_workers: int = Field(default=1, ge=1, le=16)
+    job_max_attempts: int = Field(default=2, ge=1, le=10)
+    redis_url: str = "redis://localhost:6379/0"
+    job_queue: str = Field(default="cpu", description="Celery queue the API sends jobs to")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    torch_threads: int | None = Field(default=None, ge=1)
+
+    default_backbone: str = "efficientnet_lite2"
+    feature_batch_size: int = Field(default=16, ge=1, le=256)
+
+    max_file_bytes: int = Field(default=20 * MiB, ge=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_files_per_request: int = Field(default=500, ge=1)
+    max_request_bytes: int = Field(default=1024 * MiB, ge=1)
+
+    bootstrap_api_key: SecretStr | None = None
+    create_first_account: bool = Field(
+        default=True, description="on a first start with no account, create one and print its key"
+    )
+    head_cache_size: int = Field(default=256, ge=1)
+    migrate_on_start: bool = Field(
+        default=True, description="apply Alembic migrations at startup (off when a migrate step runs)"
+    )
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.environment == "production" and self.create_first_account:
+            raise ValueError(
+                "NANONET_CREATE_FIRST_ACCOUNT must be false in production: create accounts with "
+                "`nanonet keys create NAME` or NANONET_BOOTSTRAP_API_KEY"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'nanonet.db'}"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.data_dir / "features"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

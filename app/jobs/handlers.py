@@ -1,0 +1,45 @@
+"""Job handlers: plain functions shared by the in-process runner and the Celery tasks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from app.services import jobs as job_service
+from app.services.training import run_training_job
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
+log = logging.getLogger("nanonet.jobs")
+
+HANDLERS: dict[str, Callable[[Runtime, str], None]] = {
+    "train": run_training_job,
+}
+
+
+def run_job(runtime: Runtime, job_id: str) -> None:
+    """Run one job by id. Idempotent: a job that is not `queued` any more is left alone."""
+    with runtime.session_factory() as session:
+        kind = job_service.claim_job(session, job_id=job_id)
+    if kind is None:
+        log.info("jobs.run.skipped job_id=%s", job_id)
+        return
+    handler = HANDLERS.get(kind)
+    try:
+        if handler is None:
+            raise RuntimeError(f"no handler for job kind {kind!r}")
+        handler(runtime, job_id)
+    except Exception as exc:
+        log.exception("jobs.run.failed job_id=%s", job_id)
+        with runtime.session_factory() as session:
+            job_service.fail_job(session, job_id=job_id, error=_describe(exc))
+
+
+def _describe(exc: Exception) -> str:
+    from app.errors import NanoNetError
+
+    if isinstance(exc, NanoNetError):
+        return exc.message
+    return f"internal error: {type(exc).__name__}: {exc}"

@@ -1,0 +1,110 @@
+"""The FastAPI application: create_app() wires settings, runtime, routes and error handlers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.api.router import api_router
+from app.api.routes import health
+from app.config import Settings
+from app.errors import NanoNetError
+from app.runtime import Runtime, build_runtime
+
+log = logging.getLogger("nanonet")
+
+
+def start_runtime(runtime: Runtime) -> None:
+    """Prepare storage and DB, make sure someone can sign in, start the job queue."""
+    from app.db.engine import upgrade_database
+    from app.jobs.queue import make_queue
+    from app.services.accounts import ensure_first_account, ensure_key
+
+    settings = runtime.settings
+    for directory in (settings.data_dir, settings.images_dir, settings.models_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    if settings.migrate_on_start:
+        upgrade_database(settings.resolved_database_url)
+    with runtime.session_factory() as session:
+        if settings.bootstrap_api_key is not None:
+            ensure_key(session, key=settings.bootstrap_api_key.get_secret_value())
+        if settings.create_first_account:
+            created = ensure_first_account(session, data_dir=settings.data_dir)
+            if created is not None:
+                key, path = created
+                print(f"NanoNet: created the first account. Its API key (also kept in {path}):\n"
+                      f"  {key}", flush=True)
+    if runtime.queue is None:
+        runtime.queue = make_queue(runtime)
+    runtime.queue.start()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Return the app; the runtime is built and started in the lifespan, not at import."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = build_runtime(settings)
+        start_runtime(runtime)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            runtime.close()
+
+    app = FastAPI(title="NanoNet", version="0.1.0", lifespan=lifespan,
+                  description="Transfer learning from a handful of labelled images.")
+    app.include_router(api_router)
+    app.include_router(health.router)
+    _install_web(app)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_web(app: FastAPI) -> None:
+    try:
+        from app.web.routes import mount_web
+    except ImportError:  # the web form is optional while it is being built
+        return
+    mount_web(app)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(NanoNetError)
+    async def domain_error(_request: Request, exc: NanoNetError) -> JSONResponse:
+        return JSONResponse(exc.to_body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"loc": list(error.get("loc", ())), "message": error.get("msg", "")}
+                   for error in exc.errors()]
+        first = details[0] if details else {"loc": [], "message": "invalid request"}
+        message = f"{'.'.join(str(p) for p in first['loc'])}: {first['message']}"
+        return JSONResponse({"error": {"code": "invalid_request", "message": message,
+                                       "details": details}}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error")
+        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("http.unhandled path=%s", request.url.path)
+        return JSONResponse({"error": {"code": "internal_error",
+                                       "message": "Something went wrong on our side; the "
+                                                  "server log has the details."}},
+                            status_code=500)

@@ -1,0 +1,98 @@
+"""Job rows: claiming, progress, failure, lookup and recovery after a restart."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.tables import Account, Job, NanoNet
+from app.errors import NotFound
+
+ACTIVE = ("queued", "running")
+
+
+def get_job(session: Session, *, account: Account, job_id: str) -> Job:
+    """Return the account's job; raises NotFound for a missing or foreign job."""
+    job = session.get(Job, job_id)
+    if job is None or job.account_id != account.id:
+        raise NotFound(f"No job with id {job_id!r}.")
+    return job
+
+
+def claim_job(session: Session, *, job_id: str) -> str | None:
+    """Atomically move a queued job to running; return its kind, or None if not claimable."""
+    now = utcnow()
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(status="running", stage="starting", attempts=Job.attempts + 1, started_at=now,
+                updated_at=now, error=None)
+    ).rowcount
+    session.commit()
+    if not claimed:
+        return None
+    return session.scalar(select(Job.kind).where(Job.id == job_id))
+
+
+def set_progress(session: Session, *, job_id: str, stage: str, progress: float) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running")
+        .values(stage=stage, progress=max(0.0, min(1.0, progress)), updated_at=utcnow())
+    )
+    session.commit()
+
+
+def fail_job(session: Session, *, job_id: str, error: str) -> None:
+    """Mark a job failed and put its NanoNet back in a state that says what it can do."""
+    job = session.get(Job, job_id)
+    if job is None or job.status in ("succeeded", "failed"):
+        return
+    _fail(session, job, error)
+    session.commit()
+
+
+def _fail(session: Session, job: Job, error: str) -> None:
+    now = utcnow()
+    job.status, job.stage, job.error, job.finished_at = "failed", "failed", error, now
+    if job.nanonet_id is not None:
+        nanonet = session.get(NanoNet, job.nanonet_id)
+        if nanonet is not None and nanonet.state == "training" and not _other_active_job(
+            session, nanonet.id, job.id
+        ):
+            nanonet.state = "ready" if nanonet.active_version_id else "failed"
+
+
+def _other_active_job(session: Session, nanonet_id: str, job_id: str) -> bool:
+    return session.scalar(
+        select(Job.id).where(Job.nanonet_id == nanonet_id, Job.id != job_id,
+                             Job.status.in_(ACTIVE)).limit(1)
+    ) is not None
+
+
+def recover_interrupted_jobs(session: Session, *, max_attempts: int) -> list[str]:
+    """Requeue jobs left `running` by a dead process, or fail them once out of attempts."""
+    recovered = []
+    for job in session.scalars(select(Job).where(Job.status == "running")):
+        if job.attempts < max_attempts:
+            job.status, job.stage, job.progress = "queued", "queued", 0.0
+            job.error = f"retrying: the worker stopped during attempt {job.attempts}"
+        else:
+            _fail(session, job, f"The worker stopped while this job was running (attempt "
+                                f"{job.attempts} of {max_attempts}); start it again.")
+        recovered.append(job.id)
+    session.commit()
+    return recovered
+
+
+def queued_job_ids(session: Session) -> list[str]:
+    return list(session.scalars(select(Job.id).where(Job.status == "queued")
+                                .order_by(Job.created_at)))
+
+
+def active_job(session: Session, *, nanonet_id: str, kind: str) -> Job | None:
+    return session.scalars(
+        select(Job).where(Job.nanonet_id == nanonet_id, Job.kind == kind, Job.status.in_(ACTIVE))
+        .order_by(Job.created_at.desc()).limit(1)
+    ).first()

@@ -1,0 +1,142 @@
+"""The full flow over HTTP against a real embedded server: create, upload train/, train, predict val/.
+
+    .venv/bin/python bench/hymenoptera_http.py [--dataset hymenoptera] [--url http://HOST:PORT --key KEY]
+
+Without --url it starts `nanonet serve` on a free loopback port with a fresh data dir and
+stops it afterwards. Prints val accuracy, the cross-validated accuracy the service reported,
+upload and training wall time, and prediction throughput; --json writes them to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def embedded_server(extra_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    port, key = free_port(), "bench-" + os.urandom(8).hex()
+    with tempfile.TemporaryDirectory(prefix="nanonet-bench-") as data_dir:
+        env = {**os.environ, "NANONET_DATA_DIR": data_dir, "NANONET_BOOTSTRAP_API_KEY": key,
+               "NANONET_CREATE_FIRST_ACCOUNT": "false", **extra_env}
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "nanonet"), "serve", "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "warning"], env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the server did not start")
+                time.sleep(0.3)
+            yield url, key
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def split(dataset: Path, name: str) -> dict[str, list[Path]]:
+    return {d.name: sorted(p for p in d.iterdir() if p.is_file())
+            for d in sorted((dataset / name).iterdir()) if d.is_dir()}
+
+
+def chunks(items: list[Path], size: int) -> list[list[Path]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def run(url: str, key: str, dataset: Path, *, batch: int) -> dict[str, object]:
+    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600)
+    train, val = split(dataset, "train"), split(dataset, "val")
+    model = client.post("/api/v1/models", json={"name": f"bench {dataset.name}",
+                                                "categories": list(train)})
+    model.raise_for_status()
+    model_id = model.json()["id"]
+
+    started = time.perf_counter()
+    for label, paths in train.items():
+        for part in chunks(paths, batch):
+            files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in part]
+            client.post(f"/api/v1/models/{model_id}/images", data={"category": label},
+                        files=files).raise_for_status()
+    upload_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    job_id = client.post(f"/api/v1/models/{model_id}/train").json()["job_id"]
+    while (job := client.get(f"/api/v1/jobs/{job_id}").json())["status"] not in (
+            "succeeded", "failed"):
+        time.sleep(0.25)
+    train_s = time.perf_counter() - started
+    if job["status"] != "succeeded":
+        raise SystemExit(f"training failed: {job['error']}")
+    trained = client.get(f"/api/v1/models/{model_id}").json()
+    metrics = trained["metrics"]
+
+    correct = total = 0
+    started = time.perf_counter()
+    for label, paths in val.items():
+        for part in chunks(paths, batch):
+            files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in part]
+            response = client.post(f"/api/v1/models/{model_id}/predict", files=files)
+            response.raise_for_status()
+            for result in response.json()["results"]:
+                correct += result["label"] == label
+                total += 1
+    predict_s = time.perf_counter() - started
+    return {
+        "dataset": dataset.name, "backbone": trained["backbone"],
+        "train_images": sum(map(len, train.values())), "val_images": total,
+        "val_accuracy": round(correct / total, 4),
+        "cv_accuracy_reported": round(metrics["accuracy"], 4) if metrics else None,
+        "upload_s": round(upload_s, 2), "train_s": round(train_s, 2),
+        "predict_s": round(predict_s, 2), "predict_images_per_s": round(total / predict_s, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="hymenoptera")
+    parser.add_argument("--url", help="use this running server instead of starting one")
+    parser.add_argument("--key", help="API key for --url")
+    parser.add_argument("--backbone", help="NANONET_DEFAULT_BACKBONE for the started server")
+    parser.add_argument("--batch", type=int, default=16, help="files per request")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    dataset = DATASETS / args.dataset
+    if args.url:
+        result = run(args.url, args.key or "", dataset, batch=args.batch)
+    else:
+        env = {"NANONET_DEFAULT_BACKBONE": args.backbone} if args.backbone else {}
+        with embedded_server(env) as (url, key):
+            result = run(url, key, dataset, batch=args.batch)
+    for name, value in result.items():
+        print(f"{name:>22}: {value}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -17,9 +17,6 @@ from app.services.nanonets import get_nanonet
 def predict(session: Session, runtime: Runtime, *, account: Account, nanonet_id: str,
             uploads: list[Upload]) -> tuple[int, list[dict[str, Any]]]:
     """Return the version number and one result per upload: the label, its probability and every label's probability."""
-    from app.ml.features import extract_features
-    from app.ml.predict import predict_proba, top_predictions
-
     nanonet = get_nanonet(session, account=account, nanonet_id=nanonet_id)
     version = session.get(ModelVersion, nanonet.active_version_id) \
         if nanonet.active_version_id else None
@@ -41,6 +38,9 @@ def predict(session: Session, runtime: Runtime, *, account: Account, nanonet_id:
         accepted.append((len(results), decoded.image))
         results.append({"file": upload.filename, "status": "ok"})
     raise_if_nothing_accepted(results)
+
+    from app.ml.features import extract_features
+    from app.ml.predict import predict_proba, top_predictions
 
     head, meta = runtime.heads.get(settings.models_dir / version.artifact_path)
     features = extract_features(version.backbone, [image for _, image in accepted],

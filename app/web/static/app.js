@@ -1,0 +1,201 @@
+// NanoNet web form: progressive enhancement only. Every form works without this file.
+(function () {
+  "use strict";
+  document.documentElement.classList.add("js");
+
+  var BATCH = 10;
+  var FINISHED = { succeeded: true, failed: true };
+
+  function errorMessage(body, status) {
+    if (body && body.error && body.error.message) return body.error.message;
+    if (status === 401) return "You are signed out; sign in again.";
+    return "The upload failed (HTTP " + status + ").";
+  }
+
+  function resultItem(fileName, status, text) {
+    var item = document.createElement("li");
+    item.className = "result result-" + status;
+    var name = document.createElement("span");
+    name.className = "file";
+    name.textContent = fileName;
+    var tag = document.createElement("span");
+    tag.className = "tag";
+    tag.textContent = status === "pending" ? "uploading…" : status;
+    item.appendChild(name);
+    item.appendChild(tag);
+    if (text) item.appendChild(document.createTextNode(" " + text));
+    return item;
+  }
+
+  function describe(result) {
+    if (result.status === "duplicate") return "already in this category";
+    if (result.status === "rejected" && result.error) return result.error.message;
+    return "";
+  }
+
+  function uploadBatch(zone, files, list) {
+    var pending = files.map(function (file) {
+      var item = resultItem(file.name, "pending", "");
+      list.appendChild(item);
+      return item;
+    });
+    var form = new FormData();
+    form.append("category", zone.dataset.category);
+    files.forEach(function (file) { form.append("files", file, file.name); });
+    return fetch(zone.dataset.uploadUrl, {
+      method: "POST", body: form, credentials: "same-origin",
+      headers: { Accept: "application/json" }
+    }).then(function (response) {
+      return response.json().catch(function () { return null; }).then(function (body) {
+        var results = response.ok ? body.results
+          : (body && body.error && body.error.details && body.error.details.results);
+        var accepted = 0;
+        pending.forEach(function (item, index) {
+          var result = results && results[index];
+          var replacement = result
+            ? resultItem(result.file, result.status, describe(result))
+            : resultItem(files[index].name, "error", errorMessage(body, response.status));
+          if (result && result.status === "accepted") accepted += 1;
+          list.replaceChild(replacement, item);
+        });
+        return accepted;
+      });
+    }).catch(function () {
+      pending.forEach(function (item, index) {
+        list.replaceChild(resultItem(files[index].name, "error", "network error"), item);
+      });
+      return 0;
+    });
+  }
+
+  function uploadFiles(zone, fileList) {
+    var files = Array.prototype.slice.call(fileList);
+    if (!files.length) return;
+    var list = zone.querySelector("[data-results]");
+    var count = zone.querySelector("[data-count]");
+    list.innerHTML = "";
+    var summary = document.createElement("li");
+    summary.className = "result-summary";
+    list.appendChild(summary);
+    var added = 0;
+    var done = 0;
+    var chain = Promise.resolve();
+    summary.textContent = "Uploading " + files.length + " files…";
+    for (var start = 0; start < files.length; start += BATCH) {
+      (function (batch) {
+        chain = chain.then(function () {
+          return uploadBatch(zone, batch, list).then(function (accepted) {
+            added += accepted;
+            done += batch.length;
+            if (count) count.textContent = String(Number(count.textContent) + accepted);
+            summary.textContent = (done < files.length ? "Uploading… " : "") +
+              added + " of " + files.length + " files added.";
+          });
+        });
+      })(files.slice(start, start + BATCH));
+    }
+  }
+
+  function enhanceDropzone(zone) {
+    var depth = 0;
+    zone.addEventListener("dragenter", function (event) {
+      event.preventDefault();
+      depth += 1;
+      zone.classList.add("is-dragover");
+    });
+    zone.addEventListener("dragover", function (event) {
+      event.preventDefault();
+      event.dataTransfer.dropEffect = "copy";
+    });
+    zone.addEventListener("dragleave", function () {
+      depth = Math.max(0, depth - 1);
+      if (!depth) zone.classList.remove("is-dragover");
+    });
+    zone.addEventListener("drop", function (event) {
+      event.preventDefault();
+      depth = 0;
+      zone.classList.remove("is-dragover");
+      uploadFiles(zone, event.dataTransfer.files);
+    });
+    var form = zone.querySelector("form");
+    var input = zone.querySelector("input[type=file]");
+    if (form && input && window.fetch && window.FormData) {
+      form.addEventListener("submit", function (event) {
+        event.preventDefault();
+        uploadFiles(zone, input.files);
+        form.reset();
+      });
+    }
+  }
+
+  // A file dropped beside a drop zone must not make the browser navigate away to it.
+  ["dragover", "drop"].forEach(function (name) {
+    window.addEventListener(name, function (event) {
+      if (!event.target.closest || !event.target.closest("[data-dropzone]")) {
+        event.preventDefault();
+      }
+    });
+  });
+
+  function pollJob(box) {
+    var status = box.querySelector("[data-job-status]");
+    var stage = box.querySelector("[data-job-stage]");
+    var percent = box.querySelector("[data-job-percent]");
+    var bar = box.querySelector("[data-job-bar]");
+    var error = box.querySelector("[data-job-error]");
+    var failures = 0;
+
+    function show(job) {
+      var value = Math.round(job.progress * 100);
+      status.textContent = job.status;
+      status.className = "job-status status-" + job.status;
+      stage.textContent = job.stage.replace(/_/g, " ");
+      box.dataset.status = job.status;
+      percent.textContent = value + "%";
+      bar.setAttribute("aria-valuenow", String(value));
+      bar.firstElementChild.style.width = (job.progress * 100).toFixed(1) + "%";
+      if (job.error && job.status !== "succeeded") {
+        error.textContent = job.error;
+        error.hidden = false;
+      }
+    }
+
+    function tick() {
+      fetch(box.dataset.jobUrl, {
+        credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" }
+      }).then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.json();
+      }).then(function (job) {
+        failures = 0;
+        show(job);
+        if (FINISHED[job.status]) {
+          var url = window.location.pathname + "?job=" + encodeURIComponent(job.id) + "#training";
+          window.setTimeout(function () { window.location.replace(url); }, 500);
+        } else {
+          window.setTimeout(tick, 1000);
+        }
+      }).catch(function () {
+        failures += 1;
+        if (failures >= 3) {
+          error.textContent = "Lost contact with the server; retrying…";
+          error.hidden = false;
+        }
+        window.setTimeout(tick, Math.min(10000, 1000 * failures));
+      });
+    }
+
+    window.setTimeout(tick, 1000);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    Array.prototype.forEach.call(document.querySelectorAll("[data-dropzone]"), enhanceDropzone);
+    Array.prototype.forEach.call(document.querySelectorAll("form[data-confirm]"), function (form) {
+      form.addEventListener("submit", function (event) {
+        if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+      });
+    });
+    var job = document.getElementById("job");
+    if (job && job.dataset.active === "true" && window.fetch) pollJob(job);
+  });
+})();

@@ -1,0 +1,52 @@
+"""The Jinja environment of the web form and the two ways a page is answered: a page or an error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+WEB_DIR = Path(__file__).parent
+STATIC_DIR = WEB_DIR / "static"
+
+templates = Jinja2Templates(directory=WEB_DIR / "templates")
+
+ERROR_TITLES = {
+    400: "Bad request",
+    401: "Not signed in",
+    404: "Not found",
+    409: "Conflict",
+    413: "Too large",
+    415: "Unsupported file",
+    422: "Please check the form",
+    500: "Something went wrong",
+    503: "Unavailable",
+}
+
+
+def percent(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    return f"{value * 100:.{digits}f}%"
+
+
+templates.env.filters["percent"] = percent
+
+
+def render(request: Request, name: str, context: dict[str, Any] | None = None, *,
+           status: int = 200) -> HTMLResponse:
+    """Render a page; pages hold one account's data, so no shared cache may keep them."""
+    response = templates.TemplateResponse(request, name, context or {}, status_code=status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def error_page(request: Request, *, status: int, message: str,
+               signed_in: bool = True) -> HTMLResponse:
+    return render(request, "error.html", {
+        "status": status, "title": ERROR_TITLES.get(status, "Error"), "message": message,
+        "signed_in": signed_in,
+    }, status=status)

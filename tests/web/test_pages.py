@@ -1,0 +1,266 @@
+"""The web form, driven like a browser with JavaScript off: forms, redirects, the cookie."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.main import create_app
+from app.services.accounts import create_account
+
+DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+TREES = DATASETS / "customvision_trees"
+NOT_AN_IMAGE = DATASETS / "bad_inputs" / "not_an_image.jpg"
+KEY = "nn_web_key_alpha"
+OTHER_KEY = "nn_web_key_bravo"
+BOUNDARY = "nanonet-test-boundary"
+# What a browser sends for a file input left empty: one part with an empty filename.
+EMPTY_FILE_INPUT = (
+    f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"category\"\r\n\r\nhemlock\r\n"
+    f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"\"\r\n"
+    f"Content-Type: application/octet-stream\r\n\r\n\r\n--{BOUNDARY}--\r\n"
+).encode()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[TestClient]:
+    settings = Settings(data_dir=tmp_path / "data", bootstrap_api_key=KEY,  # type: ignore[arg-type]
+                        create_first_account=False, default_backbone="mobilenet_v2")
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def signed_in(browser: TestClient) -> TestClient:
+    response = browser.post("/web/sign-in", data={"api_key": KEY}, follow_redirects=False)
+    assert response.status_code == 303
+    return browser
+
+
+def photos(label: str) -> list[Path]:
+    return sorted((TREES / "train" / label).glob("*.jpg"))
+
+
+def files_of(*paths: Path) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (path.name, path.read_bytes(), "image/jpeg")) for path in paths]
+
+
+def create_via_form(client: TestClient, name: str = "trees",
+                    categories: str = "hemlock, japanese_cherry") -> str:
+    response = client.post("/web/models", data={"name": name, "categories": categories},
+                           follow_redirects=False)
+    assert response.status_code == 303, response.text
+    match = re.fullmatch(r"/web/models/(\w+)", response.headers["location"])
+    assert match is not None
+    return match.group(1)
+
+
+def upload_via_form(client: TestClient, model_id: str, category: str, paths: list[Path]):  # type: ignore[no-untyped-def]
+    return client.post(f"/web/models/{model_id}/images", data={"category": category},
+                       files=files_of(*paths))
+
+
+def wait_for_job(client: TestClient, job_id: str, timeout: float = 600) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get(f"/api/v1/jobs/{job_id}")  # the sign-in cookie authenticates
+        assert response.status_code == 200, response.text
+        job = response.json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.25)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+def test_signed_out_visitors_are_sent_to_sign_in(browser: TestClient) -> None:
+    for method, path in [("GET", "/"), ("GET", "/web/models"), ("GET", "/web/models/abc"),
+                         ("POST", "/web/models"), ("POST", "/web/models/abc/train"),
+                         ("POST", "/web/models/abc/delete"), ("GET", "/web/elsewhere")]:
+        response = browser.request(method, path, follow_redirects=False)
+        assert response.status_code == 303, (method, path)
+        assert response.headers["location"] == "/web/sign-in"
+    page = browser.get("/web/sign-in")
+    assert page.status_code == 200
+    assert 'name="api_key"' in page.text
+    assert browser.get("/static/app.css").status_code == 200
+    assert browser.get("/static/app.js").status_code == 200
+
+
+def test_a_wrong_key_is_refused_with_a_401_page(browser: TestClient) -> None:
+    response = browser.post("/web/sign-in", data={"api_key": "nn_not_a_key"},
+                            follow_redirects=False)
+    assert response.status_code == 401
+    assert response.headers["content-type"].startswith("text/html")
+    assert "This API key is not valid" in response.text
+    assert "nanonet_key" not in response.headers.get("set-cookie", "")
+    assert browser.post("/web/sign-in", data={"api_key": "  "}).status_code == 401
+
+
+def test_signing_in_sets_the_cookie_and_lists_models(browser: TestClient) -> None:
+    response = browser.post("/web/sign-in", data={"api_key": KEY}, follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/web/models"
+    cookie = response.headers["set-cookie"].lower()
+    assert cookie.startswith(f"nanonet_key={KEY}")
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+    assert "secure" not in cookie  # plain http in tests; https would add it
+
+    assert browser.get("/", follow_redirects=False).headers["location"] == "/web/models"
+    page = browser.get("/web/models")
+    assert page.status_code == 200
+    assert "No models yet" in page.text and 'action="/web/models"' in page.text
+
+    signed_out = browser.post("/web/sign-out", follow_redirects=False)
+    assert signed_out.status_code == 303
+    assert 'nanonet_key=""' in signed_out.headers["set-cookie"]
+    assert browser.get("/web/models", follow_redirects=False).status_code == 303
+
+
+def test_create_a_model_with_the_form(signed_in: TestClient) -> None:
+    model_id = create_via_form(signed_in, categories="hemlock\njapanese_cherry,\n")
+    page = signed_in.get(f"/web/models/{model_id}")
+    assert page.status_code == 200
+    assert "hemlock" in page.text and "japanese_cherry" in page.text
+    assert page.text.count('type="file" name="files" multiple accept="image/*"') == 2
+    assert "Not trained yet" in page.text
+
+    listing = signed_in.get("/web/models")
+    assert f'href="/web/models/{model_id}"' in listing.text and "created" in listing.text
+
+    refused = signed_in.post("/web/models", data={"name": "<b>solo</b>", "categories": "one"})
+    assert refused.status_code == 422
+    assert "at least 2 categories" in refused.text
+    assert "&lt;b&gt;solo&lt;/b&gt;" in refused.text  # kept in the form, escaped
+    assert "<b>solo</b>" not in refused.text
+
+
+def test_uploading_photos_lists_each_file(signed_in: TestClient) -> None:
+    model_id = create_via_form(signed_in)
+    hemlock = photos("hemlock")
+    response = upload_via_form(signed_in, model_id, "hemlock", [*hemlock, NOT_AN_IMAGE])
+    assert response.status_code == 200
+    text = response.text
+    assert f"{len(hemlock)} of {len(hemlock) + 1} files added" in text
+    assert text.count("result-accepted") == len(hemlock)
+    assert re.search(r'result-rejected">\s*<span class="file">not_an_image.jpg', text)
+    assert re.search(r'<span data-count>10</span>', text)
+
+    again = upload_via_form(signed_in, model_id, "hemlock", hemlock[:1])
+    assert again.status_code == 200 and "result-duplicate" in again.text
+
+    only_bad = upload_via_form(signed_in, model_id, "japanese_cherry", [NOT_AN_IMAGE])
+    assert only_bad.status_code == 415
+    assert "result-rejected" in only_bad.text and "hemlock" in only_bad.text
+
+    nothing = signed_in.post(f"/web/models/{model_id}/images", content=EMPTY_FILE_INPUT,
+                             headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    assert nothing.status_code == 400 and "Choose at least one image" in nothing.text
+
+    unknown = upload_via_form(signed_in, model_id, "oak", hemlock[:1])
+    assert unknown.status_code == 422 and "No category" in unknown.text
+
+
+def test_service_errors_are_html_pages(signed_in: TestClient) -> None:
+    model_id = create_via_form(signed_in)
+    train = signed_in.post(f"/web/models/{model_id}/train", follow_redirects=False)
+    assert train.status_code == 422
+    assert train.headers["content-type"].startswith("text/html")
+    assert "Add at least one image" in train.text
+
+    predict = signed_in.post(f"/web/models/{model_id}/predict",
+                             files=files_of(photos("hemlock")[0]))
+    assert predict.status_code == 409
+    assert predict.headers["content-type"].startswith("text/html")
+    assert "train it first" in predict.text
+
+    missing = signed_in.get("/web/models/0123456789abcdef")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("text/html")
+    assert "<!doctype html>" in missing.text
+
+
+def test_another_accounts_model_is_a_404_page(signed_in: TestClient) -> None:
+    runtime = signed_in.app.state.runtime  # type: ignore[attr-defined]
+    with runtime.session_factory() as session:
+        create_account(session, name="other", key=OTHER_KEY)
+    theirs = signed_in.post("/api/v1/models", json={"name": "secret garden",
+                                                    "categories": ["roses", "tulips"]},
+                            headers={"Authorization": f"Bearer {OTHER_KEY}"})
+    assert theirs.status_code == 201
+    model_id = theirs.json()["id"]
+
+    attempts = [
+        signed_in.get(f"/web/models/{model_id}"),
+        signed_in.post(f"/web/models/{model_id}/images", data={"category": "roses"},
+                       files=files_of(photos("hemlock")[0])),
+        signed_in.post(f"/web/models/{model_id}/train"),
+        signed_in.post(f"/web/models/{model_id}/predict", files=files_of(photos("hemlock")[0])),
+        signed_in.post(f"/web/models/{model_id}/delete"),
+    ]
+    for response in attempts:
+        assert response.status_code == 404, response.text
+        assert response.headers["content-type"].startswith("text/html")
+        assert "secret garden" not in response.text and "roses" not in response.text
+    assert "secret garden" not in signed_in.get("/web/models").text
+    still_there = signed_in.get(f"/api/v1/models/{model_id}",
+                                headers={"Authorization": f"Bearer {OTHER_KEY}"})
+    assert still_there.status_code == 200
+
+
+@pytest.mark.slow
+def test_train_see_metrics_predict_and_delete(signed_in: TestClient) -> None:
+    model_id = create_via_form(signed_in)
+    for label in ("hemlock", "japanese_cherry"):
+        assert upload_via_form(signed_in, model_id, label, photos(label)).status_code == 200
+
+    train = signed_in.post(f"/web/models/{model_id}/train", follow_redirects=False)
+    assert train.status_code == 303
+    match = re.fullmatch(rf"/web/models/{model_id}\?job=(\w+)#training",
+                         train.headers["location"])
+    assert match is not None
+    job_id = match.group(1)
+    progress_page = signed_in.get(train.headers["location"])
+    assert f'data-job-url="/api/v1/jobs/{job_id}"' in progress_page.text
+    assert 'role="progressbar"' in progress_page.text
+
+    job = wait_for_job(signed_in, job_id)
+    assert job["status"] == "succeeded", job
+
+    page = signed_in.get(f"/web/models/{model_id}?job={job_id}")
+    assert page.status_code == 200
+    text = page.text
+    assert "Training finished: version 1" in text
+    assert 'data-active="false"' in text
+    assert "accuracy" in text and "balanced accuracy" in text
+    assert "nested stratified" in text and "cross-validation" in text
+    assert re.search(r"\d+\.\d%", text)
+    confusion = re.search(r'<table class="confusion">(.*?)</table>', text, re.DOTALL)
+    assert confusion is not None
+    assert confusion.group(1).count("<tr>") == 3  # header + one row per category
+    assert confusion.group(1).count("<td") == 4
+    assert "background-color: rgba(" in confusion.group(1)
+    assert "Precision" in text and "Recall" in text
+
+    test_photo = TREES / "test" / "hemlock" / "test_image.jpg"
+    predicted = signed_in.post(f"/web/models/{model_id}/predict",
+                               files=files_of(test_photo, NOT_AN_IMAGE))
+    assert predicted.status_code == 200
+    block = re.search(r'<ul class="predictions">(.*?)</ul>', predicted.text, re.DOTALL)
+    assert block is not None
+    assert "test_image.jpg" in block.group(1) and "not_an_image.jpg" in block.group(1)
+    assert block.group(1).count('<td class="bar-cell">') == 2  # one bar per label
+    assert re.search(r"→ <strong>(hemlock|japanese_cherry)</strong> \(\d+\.\d%\)", block.group(1))
+
+    listing = signed_in.get("/web/models")
+    assert "Accuracy" in listing.text and "ready" in listing.text
+
+    deleted = signed_in.post(f"/web/models/{model_id}/delete", follow_redirects=False)
+    assert deleted.status_code == 303 and deleted.headers["location"] == "/web/models"
+    assert signed_in.get(f"/web/models/{model_id}").status_code == 404
+    assert "No models yet" in signed_in.get("/web/models").text

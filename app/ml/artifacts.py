@@ -1,0 +1,50 @@
+"""One-file model artifacts: a fitted head plus JSON-like metadata."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.ml.heads import LogisticHead
+
+ARTIFACT_FORMAT = 1
+
+
+def save_artifact(path: Path, *, head: LogisticHead, meta: dict[str, Any]) -> None:
+    """Write head and meta to `path` atomically; raise OSError if it cannot be written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": ARTIFACT_FORMAT, "head": head.to_state(), "meta": meta}
+    # A reader (the predictor) must see the old file or the new one, never a partial write.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_artifact(path: Path) -> tuple[LogisticHead, dict[str, Any]]:
+    """Return (head, meta) from `path`; raise ValueError if not an artifact, OSError if absent."""
+    try:
+        # weights_only=True: an artifact is data, and must not be able to run code when loaded.
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable NanoNet artifact: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != ARTIFACT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path}: unknown artifact format {found!r}, expected {ARTIFACT_FORMAT}")
+    meta, state = payload.get("meta"), payload.get("head")
+    if not isinstance(meta, dict) or not isinstance(state, dict):
+        # A malformed file, not a caller passing the wrong type: ValueError like the rest.
+        raise ValueError(f"{path}: artifact lacks its head or metadata")  # noqa: TRY004
+    return LogisticHead.from_state(state), meta

@@ -1,0 +1,61 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from app.ml.artifacts import load_artifact, save_artifact
+from app.ml.evaluate import train_head
+from tests.ml.conftest import blobs
+
+
+def test_artifact_round_trips_head_and_meta(tmp_path):
+    x, y = blobs(n_per_class=8, n_classes=3)
+    result = train_head(x, y, ["a", "b", "c"])
+    meta = {
+        "labels": ["a", "b", "c"],
+        "backbone": "efficientnet_lite2",
+        "l2": result.l2,
+        "metrics": result.metrics,
+        "note": None,
+    }
+    path = tmp_path / "models" / "model.pt"
+    save_artifact(path, head=result.head, meta=meta)
+    head, loaded_meta = load_artifact(path)
+    assert loaded_meta == meta
+    json.dumps(loaded_meta)
+    np.testing.assert_array_equal(head.predict_proba(x), result.head.predict_proba(x))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt"]  # no temp files
+    assert torch.load(path, weights_only=True)["format"] == 1
+
+
+def test_save_replaces_an_existing_artifact(tmp_path):
+    x, y = blobs(n_per_class=5, n_classes=2)
+    path = tmp_path / "model.pt"
+    for version in (1, 2):
+        head = train_head(x, y, ["a", "b"]).head
+        save_artifact(path, head=head, meta={"version": version})
+    assert load_artifact(path)[1] == {"version": 2}
+
+
+def test_unknown_format_is_rejected(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"format": 99, "head": {}, "meta": {}}, path)
+    with pytest.raises(ValueError, match="format"):
+        load_artifact(path)
+
+
+def test_garbage_and_code_carrying_files_are_rejected(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError):
+        load_artifact(garbage)
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": 1, "head": {}, "meta": {}, "x": np.random.default_rng(0)}, evil)
+    with pytest.raises(ValueError):
+        load_artifact(evil)  # weights_only refuses arbitrary objects
+
+
+def test_missing_file_is_an_os_error(tmp_path):
+    with pytest.raises(OSError):
+        load_artifact(tmp_path / "absent.pt")

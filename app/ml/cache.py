@@ -1,4 +1,4 @@
-"""On-disk cache of backbone feature vectors, so each image goes through a backbone once."""
+"""On-disk cache of backbone feature vectors, so each image view goes through a backbone once."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from app.ml.backbones import get_spec
+from app.ml.augment import augment
+from app.ml.backbones import components, get_spec
 from app.ml.features import extract_features
 
 # Hashes and backbone names become path components: allow nothing that could climb or nest.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+Item = tuple[str, Callable[[], Image.Image]]  # (image content hash, loader of the decoded RGB image)
 
 
 def _check_component(value: str, what: str) -> str:
@@ -24,21 +27,27 @@ def _check_component(value: str, what: str) -> str:
     return value
 
 
+def _check_view(view: int) -> int:
+    if isinstance(view, bool) or not isinstance(view, int | np.integer) or view < 0:
+        raise ValueError(f"view must be an integer >= 0, got {view!r}")
+    return int(view)
+
+
 class FeatureCache:
-    """On-disk cache of feature vectors keyed by (image content hash, backbone)."""
+    """On-disk cache of feature vectors keyed by (image content hash, plain backbone, view)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def path(self, image_hash: str, backbone: str) -> Path:
-        """Return the file for (image_hash, backbone); raise ValueError on unsafe keys."""
+    def path(self, image_hash: str, backbone: str, *, view: int = 0) -> Path:
+        """Return the file for (image_hash, backbone, view); raise ValueError on unsafe keys."""
         _check_component(image_hash, "image hash")
         _check_component(backbone, "backbone name")
-        return self.root / backbone / image_hash[:2] / f"{image_hash}.npy"
+        return self.root / backbone / str(_check_view(view)) / image_hash[:2] / f"{image_hash}.npy"
 
-    def get(self, image_hash: str, backbone: str) -> np.ndarray | None:
+    def get(self, image_hash: str, backbone: str, *, view: int = 0) -> np.ndarray | None:
         """Return the cached 1-D float32 vector, or None if absent or unreadable."""
-        path = self.path(image_hash, backbone)
+        path = self.path(image_hash, backbone, view=view)
         try:
             vector = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError):
@@ -47,12 +56,12 @@ class FeatureCache:
             return None
         return vector
 
-    def put(self, image_hash: str, backbone: str, vector: np.ndarray) -> None:
+    def put(self, image_hash: str, backbone: str, vector: np.ndarray, *, view: int = 0) -> None:
         """Store a 1-D vector atomically as float32; raise ValueError on a bad shape or key."""
         vector = np.asarray(vector, dtype=np.float32)
         if vector.ndim != 1:
             raise ValueError(f"expected a 1-D feature vector, got shape {vector.shape}")
-        path = self.path(image_hash, backbone)
+        path = self.path(image_hash, backbone, view=view)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Readers (other workers) must never see a half-written file: write a temp file in the
         # same directory, make it durable, then rename over the target in one step.
@@ -70,37 +79,93 @@ class FeatureCache:
     def features_for(
         self,
         backbone: str,
-        items: Sequence[tuple[str, Callable[[], Image.Image]]],
+        items: Sequence[Item],
         *,
+        view: int = 0,
         batch_size: int = 16,
         device: str = "cpu",
     ) -> np.ndarray:
-        """Return (N, dim) float32 features in item order; only misses are loaded and computed."""
-        spec = get_spec(backbone)
-        out = np.empty((len(items), spec.dim), dtype=np.float32)
-        missing: dict[str, list[int]] = {}  # hash -> rows; duplicates are computed once
-        loaders: dict[str, Callable[[], Image.Image]] = {}
-        for row, (image_hash, load_image) in enumerate(items):
-            if image_hash in missing:
-                missing[image_hash].append(row)
-                continue
-            vector = self.get(image_hash, backbone)
-            if vector is not None and vector.shape == (spec.dim,):
-                out[row] = vector
-            else:
-                missing[image_hash] = [row]
-                loaders[image_hash] = load_image
-        hashes = list(missing)
-        # Load images one batch at a time so a large upload never sits decoded in memory at once.
-        for start in range(0, len(hashes), batch_size):
-            chunk = hashes[start : start + batch_size]
-            vectors = extract_features(
-                backbone,
-                [loaders[h]() for h in chunk],
-                batch_size=batch_size,
-                device=device,
-            )
-            for image_hash, vector in zip(chunk, vectors):
-                self.put(image_hash, backbone, vector)
-                out[missing[image_hash]] = vector
-        return out
+        """Return (N, dim) float32 features of one view in item order; only misses are computed.
+
+        A composite backbone concatenates its components' cached features; view > 0 extracts
+        from augment(image, image_hash=..., view=view). Raise BackboneUnavailable or ValueError.
+        """
+        return self.views_for(
+            [backbone], items, views=[view], batch_size=batch_size, device=device
+        )[backbone][:, 0]
+
+    def views_for(
+        self,
+        backbones: Sequence[str],
+        items: Sequence[Item],
+        *,
+        views: Sequence[int],
+        batch_size: int = 16,
+        device: str = "cpu",
+        progress: Callable[[float], None] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Return {backbone: (N, len(views), dim) float32} for plain or composite backbones.
+
+        Each missing image is loaded (and augmented) once per view for all plain backbones that
+        lack it, so asking for several backbones at once costs no extra decoding. `progress`
+        gets the fraction of the missing (image, view, backbone) extractions done so far.
+        Raise BackboneUnavailable on an unknown or uninstalled backbone, ValueError on bad keys.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        views = [_check_view(view) for view in views]
+        plain = list(dict.fromkeys(part for name in backbones for part in components(name)))
+        dims = {name: get_spec(name).dim for name in plain}
+        found = {
+            name: np.empty((len(items), len(views), dims[name]), dtype=np.float32)
+            for name in plain
+        }
+        # Per view: hash -> (rows, loader, plain backbones missing it); duplicates computed once.
+        plans: list[dict[str, tuple[list[int], Callable[[], Image.Image], list[str]]]] = []
+        for v, view in enumerate(views):
+            plan: dict[str, tuple[list[int], Callable[[], Image.Image], list[str]]] = {}
+            for row, (image_hash, load_image) in enumerate(items):
+                if image_hash in plan:
+                    rows, _, missing = plan[image_hash]
+                    for name in plain:
+                        if name not in missing:  # a hit: copy it; misses fill every row later
+                            found[name][row, v] = found[name][rows[0], v]
+                    rows.append(row)
+                    continue
+                missing = []
+                for name in plain:
+                    vector = self.get(image_hash, name, view=view)
+                    if vector is not None and vector.shape == (dims[name],):
+                        found[name][row, v] = vector
+                    else:
+                        missing.append(name)
+                plan[image_hash] = ([row], load_image, missing)
+            plans.append(plan)
+        total = sum(len(m) for plan in plans for _, _, m in plan.values())
+        done = 0
+        for v, (view, plan) in enumerate(zip(views, plans)):
+            hashes = [h for h, (_, _, missing) in plan.items() if missing]
+            # Load images one batch at a time so a large upload never sits decoded in memory.
+            for start in range(0, len(hashes), batch_size):
+                chunk = hashes[start : start + batch_size]
+                images = {h: augment(plan[h][1](), image_hash=h, view=view) for h in chunk}
+                for name in plain:
+                    needed = [h for h in chunk if name in plan[h][2]]
+                    if not needed:
+                        continue
+                    vectors = extract_features(
+                        name, [images[h] for h in needed], batch_size=batch_size, device=device
+                    )
+                    for image_hash, vector in zip(needed, vectors):
+                        self.put(image_hash, name, vector, view=view)
+                        found[name][plan[image_hash][0], v] = vector
+                    done += len(needed)
+                    if progress is not None:
+                        progress(done / total)
+        return {name: _assemble(name, found) for name in backbones}
+
+
+def _assemble(name: str, found: dict[str, np.ndarray]) -> np.ndarray:
+    """Return the (N, V, dim) features of `name`: its component blocks side by side."""
+    parts = [found[part] for part in components(name)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)

@@ -66,18 +66,10 @@ def _fit_grouped(
     *,
     n_classes: int,
 ) -> list[LogisticHead]:
-    """Return heads fitted on masks[i] with l2s[i], one joint L-BFGS run per distinct l2."""
-    # Problems with different l2 have different curvature; mixing them in one L-BFGS run costs
-    # far more iterations than running each l2 separately.
-    heads: list[LogisticHead | None] = [None] * len(l2s)
-    for l2 in sorted(set(l2s)):
-        index = [i for i, value in enumerate(l2s) if value == l2]
-        fitted = fit_logistic_many(
-            features, labels, masks, [(i, l2) for i in index], n_classes=n_classes
-        )
-        for i, head in zip(index, fitted):
-            heads[i] = head
-    return [head for head in heads if head is not None]
+    """Return heads fitted on masks[i] with l2s[i] (one L-BFGS run per distinct l2, inside)."""
+    return fit_logistic_many(
+        features, labels, masks, list(enumerate(l2s)), n_classes=n_classes
+    )
 
 
 def _score(labels: np.ndarray, probabilities: np.ndarray, n_classes: int) -> float:
@@ -110,18 +102,11 @@ def _choose_l2_many(
         masks.extend(mask for mask, _ in folds)
     if not plans:
         return chosen
-    mask_array = np.stack(masks)
-    fitted_heads: dict[tuple[int, int], LogisticHead] = {}
-    for g, l2 in enumerate(grid):
-        fitted = fit_logistic_many(
-            features,
-            labels,
-            mask_array,
-            [(m, l2) for m in range(len(masks))],
-            n_classes=n_classes,
-        )
-        for m, head in enumerate(fitted):
-            fitted_heads[g, m] = head
+    problems = [(m, l2) for l2 in grid for m in range(len(masks))]
+    fitted = fit_logistic_many(features, labels, np.stack(masks), problems, n_classes=n_classes)
+    fitted_heads = {
+        (g, m): fitted[g * len(masks) + m] for g in range(len(grid)) for m in range(len(masks))
+    }
     for s, mask_ids, val_rows in plans:
         rows = np.concatenate(val_rows)
         scores = [

@@ -1,4 +1,4 @@
-"""Batched feature extraction with a pretrained backbone."""
+"""Batched feature extraction with a pretrained (plain or composite) backbone."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.ml.backbones import get_spec, load_backbone, preprocess
+from app.ml.backbones import components, feature_dim, get_spec, load_backbone, preprocess
 
 
 def extract_features(
@@ -18,9 +18,23 @@ def extract_features(
     batch_size: int = 16,
     device: str = "cpu",
 ) -> np.ndarray:
-    """Return (N, dim) float32 pooled features of RGB images; raise BackboneUnavailable."""
+    """Return (N, dim) float32 pooled features of RGB images; raise BackboneUnavailable.
+
+    A composite backbone gives its components' features side by side, in component order.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    parts = components(backbone)
+    if len(parts) > 1:
+        out = np.empty((len(images), feature_dim(backbone)), dtype=np.float32)
+        start = 0
+        for part in parts:
+            dim = get_spec(part).dim
+            out[:, start : start + dim] = extract_features(
+                part, images, batch_size=batch_size, device=device
+            )
+            start += dim
+        return out
     spec = get_spec(backbone)
     out = np.empty((len(images), spec.dim), dtype=np.float32)
     if not images:

@@ -1,17 +1,27 @@
-"""Class probabilities and ranked labels from a fitted head."""
+"""Class probabilities, ranked labels and unknown flags from a fitted head."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from app.ml.heads import LogisticHead
+from app.ml.heads import Head
+from app.ml.unknown import unknown_mask
 
 
-def predict_proba(head: LogisticHead, features: np.ndarray) -> np.ndarray:
+def predict_proba(head: Head, features: np.ndarray) -> np.ndarray:
     """Return (N, n_classes) probabilities; raise ValueError on a feature dimension mismatch."""
     return head.predict_proba(features)
+
+
+def unknown_flags(meta: dict[str, Any], features: np.ndarray) -> np.ndarray:
+    """Return (N,) bool, True for images unlike every category; all False without a detector."""
+    detector = meta.get("unknown")
+    if not detector:
+        return np.zeros(len(features), dtype=bool)
+    return unknown_mask(detector, features)
 
 
 def top_predictions(

@@ -13,6 +13,7 @@ from app.db.tables import Account, Category, Image, ImageLabel
 from app.errors import InvalidInput, NanoNetError
 from app.ml.imaging import ImageRejected, decode_image
 from app.runtime import Runtime
+from app.services.features import request_extraction
 from app.services.nanonets import get_nanonet
 
 log = logging.getLogger("nanonet.images")
@@ -94,6 +95,8 @@ def add_images(session: Session, runtime: Runtime, *, account: Account, nanonet_
                         "sha256": digest, "width": decoded.width, "height": decoded.height})
     raise_if_nothing_accepted(results)
     session.commit()
+    if any(result["status"] == "accepted" for result in results):
+        request_extraction(session, runtime, account=account, nanonet=nanonet)
     log.info("images.added model=%s category=%s accepted=%d of %d", nanonet.id, target.name,
              sum(r["status"] == "accepted" for r in results), len(results))
     return results
@@ -106,14 +109,3 @@ def _labels_by_digest(session: Session, nanonet_id: str) -> dict[str, tuple[int,
         .where(Image.nanonet_id == nanonet_id)
     )
     return {digest: (image_id, category_id) for digest, image_id, category_id in rows}
-
-
-def training_set(session: Session, *, nanonet_id: str) -> list[tuple[int, str, int]]:
-    """Return (image id, sha256, category position) for every labelled image, by image id."""
-    rows = session.execute(
-        select(Image.id, Image.sha256, Category.position)
-        .join(ImageLabel, ImageLabel.image_id == Image.id)
-        .join(Category, Category.id == ImageLabel.category_id)
-        .where(Image.nanonet_id == nanonet_id).order_by(Image.id)
-    )
-    return [(image_id, digest, position) for image_id, digest, position in rows]

@@ -91,6 +91,22 @@ def queued_job_ids(session: Session) -> list[str]:
                                 .order_by(Job.created_at)))
 
 
+def queued_job(session: Session, *, nanonet_id: str, kind: str) -> Job | None:
+    return session.scalars(
+        select(Job).where(Job.nanonet_id == nanonet_id, Job.kind == kind, Job.status == "queued")
+        .limit(1)
+    ).first()
+
+
+def succeed_job(session: Session, *, job_id: str, result: dict | None = None) -> None:  # type: ignore[type-arg]
+    job = session.get(Job, job_id)
+    if job is None or job.status != "running":
+        return
+    job.status, job.stage, job.progress, job.finished_at = "succeeded", "done", 1.0, utcnow()
+    job.result = result
+    session.commit()
+
+
 def active_job(session: Session, *, nanonet_id: str, kind: str) -> Job | None:
     return session.scalars(
         select(Job).where(Job.nanonet_id == nanonet_id, Job.kind == kind, Job.status.in_(ACTIVE))

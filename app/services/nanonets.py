@@ -94,3 +94,14 @@ def delete_nanonet(session: Session, runtime: Runtime, *, account: Account,
     for digest in digests - still_used:
         runtime.blobs.delete(digest)
     log.info("models.deleted id=%s images_removed=%d", nanonet_id, len(digests - still_used))
+
+
+def training_set(session: Session, *, nanonet_id: str) -> list[tuple[int, str, int]]:
+    """Return (image id, sha256, category position) for every labelled image, by image id."""
+    rows = session.execute(
+        select(Image.id, Image.sha256, Category.position)
+        .join(ImageLabel, ImageLabel.image_id == Image.id)
+        .join(Category, Category.id == ImageLabel.category_id)
+        .where(Image.nanonet_id == nanonet_id).order_by(Image.id)
+    )
+    return [(image_id, digest, position) for image_id, digest, position in rows]

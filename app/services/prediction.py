@@ -11,12 +11,19 @@ from app.errors import Conflict, InvalidInput
 from app.ml.imaging import ImageRejected, decode_image
 from app.runtime import Runtime
 from app.services.images import Upload, raise_if_nothing_accepted, rejection
-from app.services.nanonets import get_nanonet
+from app.services.nanonets import RESERVED_LABELS, get_nanonet
+
+UNKNOWN_LABEL = "unknown"
+assert UNKNOWN_LABEL in RESERVED_LABELS
 
 
 def predict(session: Session, runtime: Runtime, *, account: Account, nanonet_id: str,
-            uploads: list[Upload]) -> tuple[int, list[dict[str, Any]]]:
-    """Return the version number and one result per upload: the label, its probability and every label's probability."""
+            uploads: list[Upload], reject_unknown: bool = False) -> tuple[int, list[dict[str, Any]]]:
+    """Return the version number and one result per upload: label, probability, all labels.
+
+    With reject_unknown, an image unlike every category is labelled "unknown" (its
+    probabilities are still listed); raises Conflict if the version has no calibrated detector.
+    """
     nanonet = get_nanonet(session, account=account, nanonet_id=nanonet_id)
     version = session.get(ModelVersion, nanonet.active_version_id) \
         if nanonet.active_version_id else None
@@ -41,15 +48,23 @@ def predict(session: Session, runtime: Runtime, *, account: Account, nanonet_id:
 
     from app.ml.features import extract_features
     from app.ml.predict import predict_proba, top_predictions
+    from app.ml.unknown import unknown_mask
 
     head, meta = runtime.heads.get(settings.models_dir / version.artifact_path)
+    detector = meta.get("unknown")
+    if reject_unknown and detector is None:
+        raise Conflict("This version cannot tell unknown images apart: it was trained with fewer "
+                       "than 2 images in some category. Add images and train again.",
+                       code="unknown_not_calibrated")
     features = extract_features(version.backbone, [image for _, image in accepted],
                                 batch_size=settings.feature_batch_size, device=runtime.device)
     ranked = top_predictions(predict_proba(head, features), meta["labels"])
-    for (index, _), predictions in zip(accepted, ranked, strict=True):
+    unknown = unknown_mask(detector, features) if reject_unknown else [False] * len(accepted)
+    for (index, _), predictions, is_unknown in zip(accepted, ranked, unknown, strict=True):
         label, probability = predictions[0]
         results[index].update(
-            label=label, probability=round(float(probability), 6),
+            label=UNKNOWN_LABEL if is_unknown else label,
+            probability=round(float(probability), 6),
             predictions=[{"label": name, "probability": round(float(p), 6)}
                          for name, p in predictions])
     return version.number, results

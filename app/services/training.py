@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import func, select
@@ -15,16 +15,14 @@ from app.db.base import utcnow
 from app.db.tables import Account, Job, ModelVersion, NanoNet
 from app.errors import InvalidInput, NotFound
 from app.services import jobs as job_service
-from app.services.images import training_set
-from app.services.nanonets import get_nanonet
+from app.services.features import extract
+from app.services.nanonets import get_nanonet, training_set
 
 if TYPE_CHECKING:
+    from app.ml.select import FitResult
     from app.runtime import Runtime
 
 log = logging.getLogger("nanonet.training")
-
-FEATURE_CHUNK = 32
-
 
 def check_trainable(nanonet: NanoNet, positions: list[int]) -> None:
     """Raise InvalidInput unless every category has at least one image."""
@@ -56,9 +54,9 @@ def request_training(session: Session, runtime: Runtime, *, account: Account,
 
 
 def run_training_job(runtime: Runtime, job_id: str) -> None:
-    """Extract (cached) features, fit and evaluate the head, save the version, activate it."""
-    from app.ml.evaluate import train_head
-    from app.ml.imaging import decode_image
+    """Extract (cached) features, select and evaluate a model, save the version, activate it."""
+    from app.ml.curve import summarize
+    from app.ml.select import fit_candidate, fit_nanonet
 
     started = time.perf_counter()
     settings = runtime.settings
@@ -70,40 +68,48 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
         rows = training_set(session, nanonet_id=nanonet.id)
         check_trainable(nanonet, [position for _, _, position in rows])
         labels = [category.name for category in nanonet.categories]
-        backbone = settings.default_backbone
 
     def progress(stage: str, fraction: float) -> None:
         with runtime.session_factory() as progress_session:
             job_service.set_progress(progress_session, job_id=job_id, stage=stage,
                                      progress=fraction)
 
-    def loader(digest: str):  # type: ignore[no-untyped-def]
-        return lambda: decode_image(runtime.blobs.read(digest), max_bytes=settings.max_file_bytes,
-                                    max_pixels=settings.max_image_pixels).image
-
-    parts = []
-    for start in range(0, len(rows), FEATURE_CHUNK):
-        progress("extracting_features", 0.05 + 0.8 * start / len(rows))
-        chunk = rows[start:start + FEATURE_CHUNK]
-        parts.append(runtime.features.features_for(
-            backbone, [(digest, loader(digest)) for _, digest, _ in chunk],
-            batch_size=settings.feature_batch_size, device=runtime.device))
-    features = np.concatenate(parts)
+    backbones = settings.candidate_backbones
+    if not backbones:
+        raise InvalidInput("No backbone weights are installed; see README's install step.",
+                           code="no_backbone")
+    features = extract(runtime, [digest for _, digest, _ in rows], backbones=backbones,
+                       views=settings.views,
+                       progress=lambda f: progress("extracting_features", 0.02 + 0.68 * f))
     targets = np.array([position for _, _, position in rows])
 
-    progress("fitting", 0.85)
-    result = train_head(features, targets, labels, seed=0)
+    progress("selecting_model", 0.7)
+    result = fit_nanonet(features, targets, labels, seed=0)
+    metrics = dict(result.metrics) if result.metrics is not None else None
+    if metrics is not None:
+        progress("learning_curve", 0.85)
+        chosen = features[result.candidate.backbone]
+
+        def fit_predict(train_rows: np.ndarray, val_rows: np.ndarray) -> np.ndarray:
+            head = fit_candidate(result.candidate, chosen[train_rows], targets[train_rows],
+                                 n_classes=len(labels))
+            return head.predict_proba(chosen[val_rows, 0])
+
+        metrics["learning_curve"] = summarize(targets, fit_predict, accuracy=metrics["accuracy"])
     train_seconds = time.perf_counter() - started
 
-    progress("saving", 0.95)
-    _save_version(runtime, job_id=job_id, backbone=backbone, labels=labels, result=result,
-                  image_ids=[image_id for image_id, _, _ in rows], train_seconds=train_seconds)
+    progress("saving", 0.97)
+    _save_version(runtime, job_id=job_id, labels=labels, result=result, metrics=metrics,
+                  views=settings.views, image_ids=[image_id for image_id, _, _ in rows],
+                  train_seconds=train_seconds)
 
 
-def _save_version(runtime: Runtime, *, job_id: str, backbone: str, labels: list[str],
-                  result, image_ids: list[int], train_seconds: float) -> None:  # type: ignore[no-untyped-def]
+def _save_version(runtime: Runtime, *, job_id: str, labels: list[str], result: FitResult,
+                  metrics: dict[str, Any] | None, views: int, image_ids: list[int],
+                  train_seconds: float) -> None:
     from app.ml.artifacts import save_artifact
 
+    candidate = result.candidate
     with runtime.session_factory() as session:
         job = session.get(Job, job_id)
         nanonet = session.get(NanoNet, job.nanonet_id) if job else None
@@ -111,17 +117,19 @@ def _save_version(runtime: Runtime, *, job_id: str, backbone: str, labels: list[
             raise NotFound("The NanoNet of this job was deleted.")
         number = (session.scalar(select(func.max(ModelVersion.number))
                                  .where(ModelVersion.nanonet_id == nanonet.id)) or 0) + 1
-        version = ModelVersion(nanonet_id=nanonet.id, number=number, backbone=backbone,
-                               head="logistic", labels=labels, metrics=result.metrics,
-                               params={"l2": result.l2, "metrics_note": result.metrics_note},
-                               image_ids=image_ids, artifact_path="",
-                               train_seconds=round(train_seconds, 3))
+        version = ModelVersion(
+            nanonet_id=nanonet.id, number=number, backbone=candidate.backbone,
+            head=candidate.head, labels=labels, metrics=metrics,
+            params={"l2": candidate.l2, "views": views, "metrics_note": result.metrics_note,
+                    "candidates": result.scores,
+                    "unknown_threshold": (result.unknown or {}).get("threshold")},
+            image_ids=image_ids, artifact_path="", train_seconds=round(train_seconds, 3))
         session.add(version)
         session.flush()
         relative = f"{nanonet.id}/{version.id}.pt"
         save_artifact(runtime.settings.models_dir / relative, head=result.head, meta={
-            "labels": labels, "backbone": backbone, "head": "logistic", "version_id": version.id,
-            "nanonet_id": nanonet.id})
+            "labels": labels, "backbone": candidate.backbone, "head": candidate.head,
+            "version_id": version.id, "nanonet_id": nanonet.id, "unknown": result.unknown})
         version.artifact_path = relative
         nanonet.active_version_id = version.id
         nanonet.state = "ready"
@@ -129,5 +137,6 @@ def _save_version(runtime: Runtime, *, job_id: str, backbone: str, labels: list[
         job.finished_at = utcnow()
         job.result = {"version_id": version.id, "version": number}
         session.commit()
-    log.info("training.run.succeeded job=%s version=%s images=%d seconds=%.1f", job_id,
-             version.id, len(image_ids), train_seconds)
+    log.info("training.run.succeeded job=%s version=%s backbone=%s head=%s images=%d "
+             "seconds=%.1f", job_id, version.id, candidate.backbone, candidate.head,
+             len(image_ids), train_seconds)

@@ -28,6 +28,7 @@ from app.services.jobs import active_job, get_job
 from app.services.prediction import predict
 from app.services.training import request_training
 from app.web.deps import SIGN_IN_PATH, WebAccountDep, WebRoute, signed_in_account
+from app.web.summary import version_metrics
 from app.web.templating import STATIC_DIR, error_page, render
 
 MODELS_PATH = "/web/models"
@@ -86,8 +87,10 @@ def model_page(request: Request, session: Session, *, account: Account, model_id
     nanonet = nanonets.get_nanonet(session, account=account, nanonet_id=model_id)
     model = ModelOut.build(nanonet, nanonets.category_counts(session, nanonet_ids=[nanonet.id]))
     job = job_to_show(session, account=account, nanonet_id=nanonet.id, job_id=job_id)
+    version = nanonet.active_version
+    details = version_metrics(nanonet, version) if version is not None else None
     return render(request, "model.html", {
-        "signed_in": True, "model": model, "job": job,
+        "signed_in": True, "model": model, "job": job, "details": details,
         "job_is_active": job is not None and job.status in ACTIVE_JOB_STATES, **extra,
     }, status=status)
 
@@ -211,19 +214,23 @@ def train_model(model_id: str, request: Request, session: SessionDep, runtime: R
 
 @router.post(MODELS_PATH + "/{model_id}/predict", dependencies=[Depends(check_request_size)])
 def predict_images(model_id: str, request: Request, session: SessionDep, runtime: RuntimeDep,
-                   account: WebAccountDep, files: FilesForm = None) -> Response:
+                   account: WebAccountDep, files: FilesForm = None,
+                   reject_unknown: Annotated[bool, Form()] = False) -> Response:
     try:
         version, results = predict(session, runtime, account=account, nanonet_id=model_id,
-                                   uploads=read_uploads(chosen_files(files), runtime))
+                                   uploads=read_uploads(chosen_files(files), runtime),
+                                   reject_unknown=reject_unknown)
     except NanoNetError as exc:
         if isinstance(exc, NotFound):
             raise
         session.rollback()
         return model_page(request, session, account=account, model_id=model_id,
                           status=exc.status, prediction={
-                              "results": results_of(exc), "error": exc.message})
+                              "results": results_of(exc), "error": exc.message,
+                              "reject_unknown": reject_unknown})
     return model_page(request, session, account=account, model_id=model_id,
-                      prediction={"version": version, "results": results})
+                      prediction={"version": version, "results": results,
+                                  "reject_unknown": reject_unknown})
 
 
 @router.post(MODELS_PATH + "/{model_id}/delete")

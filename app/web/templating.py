@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+
+from app.web.charts import confusion_matrix_svg, learning_curve_svg
+from app.web.summary import backbone_name, head_name
 
 WEB_DIR = Path(__file__).parent
 STATIC_DIR = WEB_DIR / "static"
@@ -27,13 +31,18 @@ ERROR_TITLES = {
 }
 
 
-def percent(value: float | None, digits: int = 1) -> str:
-    if value is None:
+def percent(value: Any, digits: int = 1) -> str:
+    """0.873 -> '87.3%'; anything that is not a finite number (a missing metric) -> '–'."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return "–"
     return f"{value * 100:.{digits}f}%"
 
 
 templates.env.filters["percent"] = percent
+templates.env.filters["backbone_name"] = backbone_name
+templates.env.filters["head_name"] = head_name
+templates.env.globals["confusion_matrix_svg"] = confusion_matrix_svg
+templates.env.globals["learning_curve_svg"] = learning_curve_svg
 
 
 def render(request: Request, name: str, context: dict[str, Any] | None = None, *,

@@ -26,7 +26,7 @@ def test_artifact_round_trips_head_and_meta(tmp_path):
     json.dumps(loaded_meta)
     np.testing.assert_array_equal(head.predict_proba(x), result.head.predict_proba(x))
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt"]  # no temp files
-    assert torch.load(path, weights_only=True)["format"] == 1
+    assert torch.load(path, weights_only=True)["format"] == 2
 
 
 def test_save_replaces_an_existing_artifact(tmp_path):

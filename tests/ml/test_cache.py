@@ -16,7 +16,7 @@ def test_put_then_get_round_trips_in_the_documented_layout(tmp_path):
     cache = FeatureCache(tmp_path)
     vector = np.arange(1280, dtype=np.float64)
     cache.put(HASH, "mobilenet_v2", vector)
-    path = tmp_path / "mobilenet_v2" / "ab" / f"{HASH}.npy"
+    path = tmp_path / "mobilenet_v2" / "0" / "ab" / f"{HASH}.npy"
     assert path.is_file()
     got = cache.get(HASH, "mobilenet_v2")
     assert got.dtype == np.float32
@@ -29,7 +29,7 @@ def test_put_then_get_round_trips_in_the_documented_layout(tmp_path):
 def test_corrupt_files_are_misses(tmp_path, content):
     cache = FeatureCache(tmp_path)
     cache.put(HASH, "mobilenet_v2", np.ones(1280))
-    (tmp_path / "mobilenet_v2" / "ab" / f"{HASH}.npy").write_bytes(content)
+    (tmp_path / "mobilenet_v2" / "0" / "ab" / f"{HASH}.npy").write_bytes(content)
     assert cache.get(HASH, "mobilenet_v2") is None
 
 
@@ -38,7 +38,7 @@ def test_wrong_shapes_are_refused_or_missed(tmp_path):
     with pytest.raises(ValueError):
         cache.put(HASH, "mobilenet_v2", np.ones((2, 1280)))
     np.save(tmp_path / "x.npy", np.ones((2, 3), dtype=np.float32))
-    target = tmp_path / "mobilenet_v2" / "ab" / f"{HASH}.npy"
+    target = tmp_path / "mobilenet_v2" / "0" / "ab" / f"{HASH}.npy"
     target.parent.mkdir(parents=True)
     os.replace(tmp_path / "x.npy", target)
     assert cache.get(HASH, "mobilenet_v2") is None

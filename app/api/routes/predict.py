@@ -14,8 +14,13 @@ router = APIRouter(prefix="/models", tags=["predict"])
 @router.post("/{model_id}/predict", response_model=PredictResponse,
              dependencies=[Depends(check_request_size)])
 def predict_images(model_id: str, session: SessionDep, runtime: RuntimeDep, account: AccountDep,
-                   files: Annotated[list[UploadFile] | None, File()] = None) -> PredictResponse:
-    """Classify each file with the NanoNet's active version; probabilities for every label."""
+                   files: Annotated[list[UploadFile] | None, File()] = None,
+                   reject_unknown: bool = False) -> PredictResponse:
+    """Classify each file with the NanoNet's active version; probabilities for every label.
+
+    With `reject_unknown=true`, images unlike every category get the label `unknown`.
+    """
     version, results = predict(session, runtime, account=account, nanonet_id=model_id,
-                               uploads=read_uploads(files, runtime))
+                               uploads=read_uploads(files, runtime),
+                               reject_unknown=reject_unknown)
     return PredictResponse(model_id=model_id, version=version, results=results)

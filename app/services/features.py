@@ -1,0 +1,95 @@
+"""Backbone features of a NanoNet's images: extracted once per (image, backbone, view), cached."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from app.db.tables import Account, Job, NanoNet
+from app.services import jobs as job_service
+from app.services.nanonets import training_set
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
+
+    from app.runtime import Runtime
+
+log = logging.getLogger("nanonet.features")
+
+CHUNK = 32
+Progress = Callable[[float], None]
+
+
+def request_extraction(session: Session, runtime: Runtime, *, account: Account,
+                       nanonet: NanoNet) -> Job | None:
+    """Queue a background extraction for the NanoNet unless one is already waiting."""
+    if not runtime.settings.extract_on_upload:
+        return None
+    waiting = job_service.queued_job(session, nanonet_id=nanonet.id, kind="extract")
+    if waiting is not None:
+        return waiting
+    job = Job(account_id=account.id, nanonet_id=nanonet.id, kind="extract")
+    session.add(job)
+    session.commit()
+    assert runtime.queue is not None, "the runtime has no job queue"
+    runtime.queue.submit(job.id)
+    return job
+
+
+def image_loader(runtime: Runtime, digest: str) -> Callable[[], PILImage.Image]:
+    """Return a loader that decodes a stored image through the one shared decode path."""
+    from app.ml.imaging import decode_image
+
+    settings = runtime.settings
+    return lambda: decode_image(runtime.blobs.read(digest), max_bytes=settings.max_file_bytes,
+                                max_pixels=settings.max_image_pixels).image
+
+
+def extract(runtime: Runtime, digests: list[str], *, backbones: list[str], views: int,
+            progress: Progress | None = None) -> dict[str, np.ndarray]:
+    """Return {backbone: (N, views, dim)} for the images, computing only what is not cached."""
+    from app.ml.backbones import components
+
+    cache, settings = runtime.features, runtime.settings
+    items = [(digest, image_loader(runtime, digest)) for digest in digests]
+    plain = list(dict.fromkeys(part for name in backbones for part in components(name)))
+    steps = [(name, view, start) for name in plain for view in range(views)
+             for start in range(0, len(items), CHUNK)]
+    # Plain backbones first, chunk by chunk, so progress moves and composites are cache reads.
+    for done, (name, view, start) in enumerate(steps):
+        if progress is not None:
+            progress(done / max(1, len(steps)))
+        cache.features_for(name, items[start:start + CHUNK], view=view,
+                           batch_size=settings.feature_batch_size, device=runtime.device)
+    if progress is not None:
+        progress(1.0)
+    return {name: np.stack([cache.features_for(name, items, view=view,
+                                               batch_size=settings.feature_batch_size,
+                                               device=runtime.device)
+                            for view in range(views)], axis=1)
+            for name in backbones}
+
+
+def run_extraction_job(runtime: Runtime, job_id: str) -> None:
+    """Job body: cache every candidate backbone's features of every view of a NanoNet's images."""
+    with runtime.session_factory() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.nanonet_id is None:
+            return
+        digests = [digest for _, digest, _ in training_set(session, nanonet_id=job.nanonet_id)]
+    settings = runtime.settings
+
+    def progress(fraction: float) -> None:
+        with runtime.session_factory() as session:
+            job_service.set_progress(session, job_id=job_id, stage="extracting_features",
+                                     progress=0.99 * fraction)
+
+    extract(runtime, digests, backbones=settings.candidate_backbones, views=settings.views,
+            progress=progress)
+    with runtime.session_factory() as session:
+        job_service.succeed_job(session, job_id=job_id, result={"images": len(digests)})
+    log.info("features.extracted job=%s images=%d", job_id, len(digests))

@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="hymenoptera")
     parser.add_argument("--url", help="use this running server instead of starting one")
     parser.add_argument("--key", help="API key for --url")
-    parser.add_argument("--backbone", help="NANONET_DEFAULT_BACKBONE for the started server")
+    parser.add_argument("--backbones", help="NANONET_BACKBONES for the started server")
     parser.add_argument("--batch", type=int, default=16, help="files per request")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
@@ -129,7 +129,7 @@ def main() -> None:
     if args.url:
         result = run(args.url, args.key or "", dataset, batch=args.batch)
     else:
-        env = {"NANONET_DEFAULT_BACKBONE": args.backbone} if args.backbone else {}
+        env = {"NANONET_BACKBONES": args.backbones} if args.backbones else {}
         with embedded_server(env) as (url, key):
             result = run(url, key, dataset, batch=args.batch)
     for name, value in result.items():

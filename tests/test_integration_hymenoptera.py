@@ -21,7 +21,8 @@ def photos(split: str, label: str) -> list[Path]:
 def test_ants_and_bees_over_the_api(tmp_path: Path) -> None:
     from tests.conftest import make_settings
 
-    settings = make_settings(tmp_path, default_backbone="efficientnet_lite2")
+    # the product's defaults: every candidate backbone, the default augmented views
+    settings = make_settings(tmp_path, backbones="auto", augment_views=None)
     with TestClient(create_app(settings)) as client:
         model_id = create_model(client, name="ants vs bees", categories=("ants", "bees"))
         for label in ("ants", "bees"):
@@ -30,9 +31,9 @@ def test_ants_and_bees_over_the_api(tmp_path: Path) -> None:
                 response = upload(client, model_id, label, paths[start:start + 40])
                 assert response.status_code == 200, response.text
         job_id = client.post(f"/api/v1/models/{model_id}/train", headers=bearer()).json()["job_id"]
-        assert wait_for_job(client, job_id)["status"] == "succeeded"
+        assert wait_for_job(client, job_id, timeout=1800)["status"] == "succeeded"
         model = client.get(f"/api/v1/models/{model_id}", headers=bearer()).json()
-        assert model["backbone"] == "efficientnet_lite2"
+        assert model["backbone"] in client.app.state.runtime.settings.candidate_backbones  # type: ignore[attr-defined]
         assert model["categories"] == [{"name": "ants", "count": 124},
                                        {"name": "bees", "count": 121}]
 
@@ -50,6 +51,6 @@ def test_ants_and_bees_over_the_api(tmp_path: Path) -> None:
                     total += 1
         accuracy = correct / total
         assert total == 153
-        assert accuracy >= 0.95, accuracy  # the tutorial's fixed-feature figure is 0.948
+        assert accuracy >= 0.96, accuracy  # the tutorial's fixed-feature figure is 0.948
         # the reported cross-validated figure predicts accuracy on new images
-        assert abs(model["metrics"]["accuracy"] - accuracy) <= 0.04
+        assert abs(model["metrics"]["accuracy"] - accuracy) <= 0.03

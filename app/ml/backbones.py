@@ -143,6 +143,27 @@ def components(name: str) -> tuple[str, ...]:
     return (name,)
 
 
+# Mean norm of a centred pooled feature vector, measured on the ants/bees and flowers training
+# images (per-set means within 10 % of these; per-image spread about 15 %). MobileNetV2's
+# features are ~1.7x longer than Lite2's, so a plain concatenation would let it dominate every
+# cosine; a composite scales each block by 1 / this, which raised 5-fold CV accuracy of
+# MobileNetV2 + Lite2 on flowers from 0.78 to 0.81 (ants/bees unchanged at 0.97-0.98).
+_TYPICAL_NORM: dict[str, float] = {
+    "mobilenet_v2": 16.5,
+    "efficientnet_lite0": 12.5,
+    "efficientnet_lite1": 10.7,
+    "efficientnet_lite2": 9.5,
+}
+
+
+def component_weights(name: str) -> tuple[float, ...]:
+    """Return the factor each component's features are multiplied by in `name` (1.0 if plain)."""
+    parts = components(name)
+    if len(parts) == 1:
+        return (1.0,)
+    return tuple(1.0 / _TYPICAL_NORM[part] for part in parts)
+
+
 def feature_dim(name: str) -> int:
     """Return the feature dimension of a plain or composite backbone; raise BackboneUnavailable."""
     return sum(get_spec(part).dim for part in components(name))

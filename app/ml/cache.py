@@ -13,12 +13,12 @@ from PIL import Image
 
 from app.ml.augment import augment
 from app.ml.backbones import components, get_spec
-from app.ml.features import extract_features
+from app.ml.features import assemble, extract_features
 
 # Hashes and backbone names become path components: allow nothing that could climb or nest.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
-Item = tuple[str, Callable[[], Image.Image]]  # (image content hash, loader of the decoded RGB image)
+Item = tuple[str, Callable[[], Image.Image]]  # (image content hash, loader of the RGB image)
 
 
 def _check_component(value: str, what: str) -> str:
@@ -162,10 +162,4 @@ class FeatureCache:
                     done += len(needed)
                     if progress is not None:
                         progress(done / total)
-        return {name: _assemble(name, found) for name in backbones}
-
-
-def _assemble(name: str, found: dict[str, np.ndarray]) -> np.ndarray:
-    """Return the (N, V, dim) features of `name`: its component blocks side by side."""
-    parts = [found[part] for part in components(name)]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+        return {name: assemble(name, found) for name in backbones}

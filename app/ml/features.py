@@ -1,14 +1,20 @@
-"""Batched feature extraction with a pretrained (plain or composite) backbone."""
+"""Batched feature extraction with pretrained (plain or composite) backbones."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from app.ml.backbones import components, feature_dim, get_spec, load_backbone, preprocess
+from app.ml.backbones import (
+    component_weights,
+    components,
+    get_spec,
+    load_backbone,
+    preprocess,
+)
 
 
 def extract_features(
@@ -20,21 +26,14 @@ def extract_features(
 ) -> np.ndarray:
     """Return (N, dim) float32 pooled features of RGB images; raise BackboneUnavailable.
 
-    A composite backbone gives its components' features side by side, in component order.
+    A composite backbone gives its components' features side by side (see assemble).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    parts = components(backbone)
-    if len(parts) > 1:
-        out = np.empty((len(images), feature_dim(backbone)), dtype=np.float32)
-        start = 0
-        for part in parts:
-            dim = get_spec(part).dim
-            out[:, start : start + dim] = extract_features(
-                part, images, batch_size=batch_size, device=device
-            )
-            start += dim
-        return out
+    if len(components(backbone)) > 1:
+        return extract_features_many([backbone], images, batch_size=batch_size, device=device)[
+            backbone
+        ]
     spec = get_spec(backbone)
     out = np.empty((len(images), spec.dim), dtype=np.float32)
     if not images:
@@ -46,3 +45,33 @@ def extract_features(
             batch = torch.stack([preprocess(spec, image) for image in chunk]).to(device)
             out[start : start + len(chunk)] = model(batch).float().cpu().numpy()
     return out
+
+
+def extract_features_many(
+    backbones: Sequence[str],
+    images: Sequence[Image.Image],
+    *,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> dict[str, np.ndarray]:
+    """Return {backbone: (N, dim) float32}, running each plain component network once."""
+    plain = list(dict.fromkeys(part for name in backbones for part in components(name)))
+    blocks = {
+        part: extract_features(part, images, batch_size=batch_size, device=device)
+        for part in plain
+    }
+    return {name: assemble(name, blocks) for name in backbones}
+
+
+def assemble(name: str, blocks: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Return `name`'s features from its components' (..., dim) blocks, joined on the last axis.
+
+    Each block is multiplied by its backbones.component_weights factor (1.0 for a plain one).
+    """
+    parts = components(name)
+    if len(parts) == 1:
+        return blocks[parts[0]]
+    weights = component_weights(name)
+    return np.concatenate(
+        [blocks[part] * np.float32(weight) for part, weight in zip(parts, weights)], axis=-1
+    )

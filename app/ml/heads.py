@@ -19,6 +19,9 @@ import torch
 FEATURE_SCALE = 10.0
 
 _EPS = 1e-12
+# fit_logistic_many first solves at this multiple of the strongest l2 asked for, as a warm
+# start: a cold start at l2 = 0.03 on 30 folds of ants/bees x 3 views ran to max_iter (2.8 s);
+# via 0.3 the whole 4-value grid took 2.7 s instead of 5.2 s.
 _PATH_START = 10.0
 
 
@@ -128,7 +131,8 @@ def fit_logistic_many(
     Each head equals fit_logistic(features[train_masks[i]], labels[train_masks[i]], l2=l2) up to
     the optimiser's tolerance. Cross-validation fits many small problems on the same rows, and
     one L-BFGS run over their (separable) sum costs about as many iterations as the hardest one
-    alone, instead of one Python-heavy run per problem.
+    alone, instead of one Python-heavy run per problem. There is one such run per distinct l2,
+    strongest first, each warm-started from the same mask's solution at the previous l2.
     """
     features, labels = _check_data(features, labels, n_classes=n_classes)
     train_masks = np.asarray(train_masks, dtype=bool)
@@ -174,45 +178,40 @@ def _fit_many(
     dist_sq = sq[None, :] - 2.0 * means_b @ xb.T + np.einsum("fd,fd->f", means_b, means_b)[:, None]
     dist = np.sqrt(np.maximum(dist_sq, 0.0))
     # A row equal to its fold's mean normalises to zero (as in normalise()), not to rounding noise.
-    inv_norms = np.where(dist > 1e-9 * np.sqrt(np.maximum(sq, _EPS))[None, :], 1.0 / np.maximum(dist, _EPS), 0.0)
+    exact_zero = dist <= 1e-9 * np.sqrt(np.maximum(sq, _EPS))[None, :]
+    inv_norms = np.where(exact_zero, 0.0, 1.0 / np.maximum(dist, _EPS))
     onehot = torch.from_numpy(np.eye(n_classes)[labels])
     weight = np.zeros((len(folds), n_classes, xb.shape[1]))
     bias = np.zeros((len(folds), n_classes))
     # Problems with different l2 have different curvature, and one L-BFGS run over a mix costs
     # far more iterations than separate runs. Running the strongest l2 first lets each weaker
     # one start from the same fold's previous solution, which is close to its own.
-    previous: dict[int, int] = {}  # fold -> index of its latest solved problem
-    for l2 in sorted(set(l2s.tolist()), reverse=True):
-        index = np.flatnonzero(l2s == l2)
-        if not previous:
-            # A cold start at weak l2 is ill-conditioned (often hitting max_iter); a strongly
-            # regularised solve first converges in a few iterations and starts the path close.
-            weight[index], bias[index] = _lbfgs(
-                x=torch.from_numpy(xb),
-                onehot=onehot,
-                means=torch.from_numpy(means_b[folds[index]]),
-                inv_norms=torch.from_numpy(FEATURE_SCALE * inv_norms[folds[index]]),
-                row_weights=torch.from_numpy(weights[folds[index]]),
-                l2s=torch.from_numpy(np.full(len(index), _PATH_START * l2)),
-                start=(torch.from_numpy(weight[index]), torch.from_numpy(bias[index])),
-                max_iter=max_iter,
-            )
-            previous.update((int(folds[p]), int(p)) for p in index)
-        start_w = np.zeros((len(index), n_classes, xb.shape[1]))
-        start_b = np.zeros((len(index), n_classes))
-        for i, p in enumerate(index):
-            if folds[p] in previous:
-                start_w[i], start_b[i] = weight[previous[folds[p]]], bias[previous[folds[p]]]
+    x_t = torch.from_numpy(xb)
+
+    def solve(index: np.ndarray, l2: float, start_w: np.ndarray, start_b: np.ndarray) -> None:
         weight[index], bias[index] = _lbfgs(
-            x=torch.from_numpy(xb),
+            x=x_t,
             onehot=onehot,
             means=torch.from_numpy(means_b[folds[index]]),
             inv_norms=torch.from_numpy(FEATURE_SCALE * inv_norms[folds[index]]),
             row_weights=torch.from_numpy(weights[folds[index]]),
-            l2s=torch.from_numpy(l2s[index]),
+            l2s=torch.from_numpy(np.full(len(index), l2)),
             start=(torch.from_numpy(start_w), torch.from_numpy(start_b)),
             max_iter=max_iter,
         )
+
+    previous: dict[int, int] = {}  # fold -> index of its latest solved problem
+    for l2 in sorted(set(l2s.tolist()), reverse=True):
+        index = np.flatnonzero(l2s == l2)
+        if not previous:
+            # A cold start at weak l2 is ill-conditioned (it often ran to max_iter); a strongly
+            # regularised solve converges in a few iterations and starts the path close by.
+            solve(index, _PATH_START * l2, weight[index], bias[index])
+            previous.update((int(folds[p]), int(p)) for p in index)
+        start = [previous.get(int(folds[p])) for p in index]
+        start_w = np.stack([weight[q] if q is not None else np.zeros_like(weight[0]) for q in start])
+        start_b = np.stack([bias[q] if q is not None else np.zeros_like(bias[0]) for q in start])
+        solve(index, l2, start_w, start_b)
         previous.update((int(folds[p]), int(p)) for p in index)
     if basis is not None:
         weight = weight @ basis.T
@@ -529,7 +528,7 @@ def fit_mlp(
     l2: float,
     seed: int = 0,
 ) -> MLPHead:
-    """Return a one-hidden-layer MLP fitted by full-batch Adam; raise ValueError (see fit_mlp_many)."""
+    """Return a one-hidden-layer MLP (as fit_mlp_many on all rows); raise ValueError."""
     train = np.ones((1, len(np.asarray(labels))), dtype=bool)
     return fit_mlp_many(features, labels, train, n_classes=n_classes, l2=l2, seed=seed)[0]
 
@@ -677,7 +676,7 @@ def _principal_directions(z: np.ndarray, k: int, *, seed: int) -> np.ndarray:
 
 
 Head = LogisticHead | PrototypeHead | MLPHead
-HEAD_KINDS: dict[str, type[LogisticHead] | type[PrototypeHead] | type[MLPHead]] = {
+HEAD_KINDS: dict[str, type[LogisticHead | PrototypeHead | MLPHead]] = {
     cls.kind: cls for cls in (LogisticHead, PrototypeHead, MLPHead)
 }
 
@@ -687,5 +686,6 @@ def head_from_state(kind: str, state: dict[str, Any]) -> Head:
     try:
         cls = HEAD_KINDS[kind]
     except KeyError:
-        raise ValueError(f"unknown head kind {kind!r}; expected one of {sorted(HEAD_KINDS)}") from None
+        known = sorted(HEAD_KINDS)
+        raise ValueError(f"unknown head kind {kind!r}; expected one of {known}") from None
     return cls.from_state(state)

@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from app.ml.features import extract_features_many
 from app.ml.heads import Head
 from app.ml.unknown import unknown_mask
 
@@ -16,12 +18,28 @@ def predict_proba(head: Head, features: np.ndarray) -> np.ndarray:
     return head.predict_proba(features)
 
 
-def unknown_flags(meta: dict[str, Any], features: np.ndarray) -> np.ndarray:
-    """Return (N,) bool, True for images unlike every category; all False without a detector."""
+def classify(
+    head: Head,
+    meta: dict[str, Any],
+    images: Sequence[Image.Image],
+    *,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return ((N, n_classes) probabilities, (N,) unknown flags) for decoded RGB images.
+
+    meta is the artifact's: "backbone" names the head's features, and an optional "unknown"
+    detector (select.FitResult.unknown) names its own; each network runs once even when the
+    two share one (Lite2 inside mobilenet_v2+efficientnet_lite2). Without a detector no image
+    is unknown. Raise BackboneUnavailable or ValueError.
+    """
     detector = meta.get("unknown")
+    backbones = [meta["backbone"]] + ([detector["backbone"]] if detector else [])
+    features = extract_features_many(backbones, images, batch_size=batch_size, device=device)
+    probabilities = head.predict_proba(features[meta["backbone"]])
     if not detector:
-        return np.zeros(len(features), dtype=bool)
-    return unknown_mask(detector, features)
+        return probabilities, np.zeros(len(images), dtype=bool)
+    return probabilities, unknown_mask(detector, features[detector["backbone"]])
 
 
 def top_predictions(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,13 @@ def image_loader(path: Path) -> Callable[[], Image.Image]:
 
 @pytest.fixture(scope="session")
 def feature_cache(tmp_path_factory: pytest.TempPathFactory) -> FeatureCache:
-    """One cache per test session, so each photo goes through each backbone at most once."""
-    return FeatureCache(tmp_path_factory.mktemp("feature-cache"))
+    """One cache per test session, so each photo goes through each backbone at most once.
+
+    NANONET_TEST_FEATURE_CACHE names a directory to keep it across sessions instead; entries
+    are keyed by image content hash, backbone and view, so reusing them is safe.
+    """
+    root = os.environ.get("NANONET_TEST_FEATURE_CACHE")
+    return FeatureCache(Path(root) if root else tmp_path_factory.mktemp("feature-cache"))
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +59,25 @@ def dataset_features(
         return x, y, names
 
     return features
+
+
+@pytest.fixture(scope="session")
+def dataset_views(
+    feature_cache: FeatureCache,
+) -> Callable[..., tuple[dict[str, np.ndarray], np.ndarray, list[str]]]:
+    """Return a function giving ({backbone: (N, V, dim)}, label indices, label names)."""
+
+    def views(
+        name: str, split: str, backbones: Sequence[str], *, n_views: int = 1
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+        rows = dataset_rows(name, split)
+        names = sorted({row["label"] for row in rows})
+        items = [(row["sha256"], image_loader(DATASETS / name / row["path"])) for row in rows]
+        x = feature_cache.views_for(backbones, items, views=range(n_views))
+        y = np.array([names.index(row["label"]) for row in rows])
+        return x, y, names
+
+    return views
 
 
 def blobs(

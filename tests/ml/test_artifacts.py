@@ -59,3 +59,44 @@ def test_garbage_and_code_carrying_files_are_rejected(tmp_path):
 def test_missing_file_is_an_os_error(tmp_path):
     with pytest.raises(OSError):
         load_artifact(tmp_path / "absent.pt")
+
+
+@pytest.mark.parametrize("kind", ["logistic", "prototype", "mlp"])
+def test_every_head_kind_round_trips_with_its_unknown_detector(tmp_path, kind):
+    from app.ml.heads import fit_logistic, fit_mlp, fit_prototype
+    from app.ml.select import _stratified_folds
+    from app.ml.unknown import calibrate_unknown
+
+    x, y = blobs(n_per_class=10, n_classes=2)
+    fit = {"logistic": lambda: fit_logistic(x, y, n_classes=2, l2=1e-2),
+           "prototype": lambda: fit_prototype(x, y, n_classes=2),
+           "mlp": lambda: fit_mlp(x, y, n_classes=2, l2=1e-2)}[kind]
+    head = fit()
+    folds = _stratified_folds(y, np.arange(len(y)), n_splits=5, seed=0)
+    detector = calibrate_unknown(x, y, folds=folds, n_classes=2, backbone="efficientnet_lite2")
+    meta = {"labels": ["a", "b"], "backbone": "efficientnet_lite2", "unknown": detector}
+    path = tmp_path / "model.pt"
+    save_artifact(path, head=head, meta=meta)
+    loaded, loaded_meta = load_artifact(path)
+    assert loaded.kind == kind and type(loaded) is type(head)
+    np.testing.assert_allclose(loaded.predict_proba(x), head.predict_proba(x), atol=1e-6)
+    assert loaded_meta == meta
+    json.dumps(loaded_meta)
+    assert torch.load(path, weights_only=True)["kind"] == kind
+
+
+def test_format_1_files_still_load_as_logistic(tmp_path):
+    x, y = blobs(n_per_class=6, n_classes=2)
+    head = train_head(x, y, ["a", "b"]).head
+    path = tmp_path / "old.pt"
+    torch.save({"format": 1, "head": head.to_state(), "meta": {"labels": ["a", "b"]}}, path)
+    loaded, meta = load_artifact(path)
+    assert loaded.kind == "logistic" and meta == {"labels": ["a", "b"]}
+    np.testing.assert_array_equal(loaded.predict_proba(x), head.predict_proba(x))
+
+
+def test_an_unknown_head_kind_is_rejected(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"format": 2, "kind": "forest", "head": {}, "meta": {}}, path)
+    with pytest.raises(ValueError, match="kind"):
+        load_artifact(path)

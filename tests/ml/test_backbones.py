@@ -151,3 +151,38 @@ def test_mobilenet_v2_recognises_bees_and_ants():
     top5 = logits.topk(5, dim=1).indices.tolist()
     for row, classes in zip(rows, top5):
         assert {309, 310} & set(classes), f"{row['path']}: top-5 ImageNet classes {classes}"
+
+
+def test_composites_are_their_components_side_by_side():
+    name = "mobilenet_v2+efficientnet_lite2"
+    assert backbones.COMPOSITES[name] == ("mobilenet_v2", "efficientnet_lite2")
+    assert backbones.components(name) == ("mobilenet_v2", "efficientnet_lite2")
+    assert backbones.components("efficientnet_lite0") == ("efficientnet_lite0",)
+    assert backbones.feature_dim(name) == 2560
+    assert backbones.feature_dim("mobilenet_v2") == 1280
+    assert backbones.cost(name) == pytest.approx(
+        BACKBONES["mobilenet_v2"].relative_cost + BACKBONES["efficientnet_lite2"].relative_cost
+    )
+    assert backbones.cost("mobilenet_v2") == 1.0
+    # Each block is scaled to a comparable length; a plain backbone is left alone.
+    weights = backbones.component_weights(name)
+    assert len(weights) == 2 and weights[0] < weights[1]
+    assert backbones.component_weights("efficientnet_lite2") == (1.0,)
+
+
+def test_candidate_backbones_are_known_and_installed():
+    assert backbones.CANDIDATE_BACKBONES == (
+        "mobilenet_v2",
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+        "mobilenet_v2+efficientnet_lite2",
+    )
+    assert backbones.available_candidates() == list(backbones.CANDIDATE_BACKBONES)
+
+
+def test_a_composite_is_not_a_single_network():
+    with pytest.raises(BackboneUnavailable, match="composite"):
+        get_spec("mobilenet_v2+efficientnet_lite2")
+    with pytest.raises(BackboneUnavailable):
+        backbones.components("resnet50")

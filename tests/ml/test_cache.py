@@ -112,3 +112,66 @@ def test_cached_real_features_equal_fresh_ones(tmp_path):
     fresh = extract_features("mobilenet_v2", [load() for _, load in items])
     np.testing.assert_array_equal(first, second)
     np.testing.assert_allclose(first, fresh, rtol=1e-4, atol=1e-5)
+
+
+def _fake_extract_recording(calls):
+    def fake_extract(backbone, images, *, batch_size, device):
+        calls.append((backbone, [image.size for image in images]))
+        # Feature = the image's mean pixel value, so different pixels give different vectors.
+        return np.stack(
+            [np.full(1280, np.asarray(image, dtype=np.float32).mean()) for image in images]
+        )
+
+    return fake_extract
+
+
+def _noise_item(name: str, seed: int):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    return (name * 32, lambda: Image.fromarray(pixels, "RGB"))
+
+
+def test_views_are_cached_separately_and_augmented(tmp_path, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(cache_module, "extract_features", _fake_extract_recording(calls))
+    cache = FeatureCache(tmp_path)
+    items = [_noise_item("aa", 0), _noise_item("bb", 1)]
+    view0 = cache.features_for("mobilenet_v2", items)
+    view1 = cache.features_for("mobilenet_v2", items, view=1)
+    assert (tmp_path / "mobilenet_v2" / "1" / "aa" / f"{'aa' * 32}.npy").is_file()
+    assert calls[0][1] == [(60, 40), (60, 40)]  # view 0: the image as loaded
+    assert all(w == h for w, h in calls[1][1])  # view 1: a squared random crop
+    assert not np.array_equal(view0, view1)
+    np.testing.assert_array_equal(cache.get("aa" * 32, "mobilenet_v2", view=1), view1[0])
+    again = cache.features_for("mobilenet_v2", items, view=1)
+    np.testing.assert_array_equal(again, view1)
+    assert len(calls) == 2  # the second request for view 1 was all hits
+    with pytest.raises(ValueError):
+        cache.path(HASH, "mobilenet_v2", view=-1)
+
+
+def test_views_for_stacks_views_and_assembles_composites(tmp_path, monkeypatch):
+    from app.ml.backbones import component_weights
+
+    calls: list = []
+    monkeypatch.setattr(cache_module, "extract_features", _fake_extract_recording(calls))
+    cache = FeatureCache(tmp_path)
+    items = [_noise_item("aa", 0), _noise_item("bb", 1), _noise_item("aa", 0)]
+    fractions: list[float] = []
+    name = "mobilenet_v2+efficientnet_lite2"
+    out = cache.views_for(
+        ["efficientnet_lite2", name], items, views=[0, 1, 2], progress=fractions.append
+    )
+    assert out["efficientnet_lite2"].shape == (3, 3, 1280)
+    assert out[name].shape == (3, 3, 2560)
+    np.testing.assert_array_equal(out[name][2], out[name][0])  # duplicate image, same rows
+    _, w_lite = component_weights(name)
+    np.testing.assert_allclose(out[name][:, :, 1280:], out["efficientnet_lite2"] * w_lite)
+    # Each (image, view) was decoded once and run once through each of the two networks.
+    assert sorted(backbone for backbone, _ in calls) == ["efficientnet_lite2"] * 3 + [
+        "mobilenet_v2"
+    ] * 3
+    assert fractions[-1] == 1.0 and fractions == sorted(fractions)
+    composite = cache.features_for(name, items[:2], view=2)
+    np.testing.assert_array_equal(composite, out[name][:2, 2])
+    assert len(calls) == 6  # the composite came from the cached components

@@ -64,3 +64,45 @@ def test_real_features_do_not_depend_on_the_batch():
     assert batched.shape == (5, 1280)
     assert np.isfinite(batched).all() and (batched >= 0).all()  # pooled after ReLU6
     np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-5)
+
+
+def test_a_composite_concatenates_weighted_components(fake_backbone):
+    from app.ml.backbones import component_weights
+    from app.ml.features import extract_features_many
+
+    images = _images(3)
+    name = "mobilenet_v2+efficientnet_lite2"
+    out = extract_features(name, images)
+    assert out.shape == (3, 2560) and out.dtype == np.float32
+    w_mobile, w_lite = component_weights(name)
+    np.testing.assert_allclose(out[:, :1280], extract_features("mobilenet_v2", images) * w_mobile)
+    lite = extract_features("efficientnet_lite2", images)
+    np.testing.assert_allclose(out[:, 1280:], lite * w_lite)
+
+    fake_backbone.batches.clear()
+    many = extract_features_many(["efficientnet_lite2", name], images)
+    np.testing.assert_array_equal(many[name], out)
+    assert len(fake_backbone.batches) == 2  # each network ran once for both names
+
+
+def test_classify_runs_each_network_once_and_flags_unknowns(fake_backbone):
+    from app.ml.heads import fit_prototype
+    from app.ml.predict import classify
+    from app.ml.select import _stratified_folds
+    from app.ml.unknown import calibrate_unknown
+
+    images = _images(10)
+    name = "mobilenet_v2+efficientnet_lite2"
+    x = extract_features(name, images)
+    lite = extract_features("efficientnet_lite2", images)
+    y = np.arange(10) % 2
+    head = fit_prototype(x, y, n_classes=2)
+    folds = _stratified_folds(y, np.arange(10), n_splits=5, seed=0)
+    detector = calibrate_unknown(lite, y, folds=folds, n_classes=2, backbone="efficientnet_lite2")
+    fake_backbone.batches.clear()
+    probs, unknown = classify(head, {"backbone": name, "unknown": detector}, images)
+    assert len(fake_backbone.batches) == 2  # Lite2 ran once for the head and the detector
+    np.testing.assert_allclose(probs, head.predict_proba(x))
+    assert unknown.shape == (10,) and unknown.dtype == bool
+    probs, unknown = classify(head, {"backbone": name}, images)
+    assert not unknown.any()

@@ -4,7 +4,21 @@ import numpy as np
 import pytest
 import torch
 
-from app.ml.heads import FEATURE_SCALE, LogisticHead, fit_logistic, fit_logistic_many, normalise
+from app.ml import heads as heads_module
+from app.ml.heads import (
+    DEFAULT_TEMPERATURE,
+    FEATURE_SCALE,
+    LogisticHead,
+    MLPHead,
+    PrototypeHead,
+    fit_logistic,
+    fit_logistic_many,
+    fit_mlp,
+    fit_mlp_many,
+    fit_prototype,
+    head_from_state,
+    normalise,
+)
 from app.ml.predict import predict_proba, top_predictions
 from tests.ml.conftest import blobs
 
@@ -129,3 +143,129 @@ def test_top_predictions_sorts_every_label_by_probability():
     assert all(isinstance(p, float) for _, p in ranked[0])
     with pytest.raises(ValueError):
         top_predictions(probs, ["ant", "bee"])
+
+
+# --- prototype head ---------------------------------------------------------------------------
+
+def _brute_force_loo_sims(x, y, groups, n_classes):
+    """Cosine similarities of each row to the prototypes with its own image left out."""
+    z = normalise(x, x.astype(np.float64).mean(axis=0))
+    sims = np.empty((len(y), n_classes))
+    for i in range(len(y)):
+        for c in range(n_classes):
+            keep = (y == c) & ((groups != groups[i]) if c == y[i] else True)
+            proto = z[keep].sum(axis=0)
+            sims[i, c] = z[i] @ proto / np.linalg.norm(proto)
+    return sims
+
+
+def test_prototype_head_separates_blobs_with_a_fitted_temperature():
+    x, y = blobs(n_per_class=12, n_classes=3, spread=1.5)
+    head = fit_prototype(x, y, n_classes=3)
+    probs = head.predict_proba(x)
+    assert head.kind == "prototype" and head.n_classes == 3
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    assert (probs.argmax(axis=1) == y).mean() >= 0.95
+    np.testing.assert_allclose(np.linalg.norm(head.prototypes, axis=1), 1.0)
+    assert head.temperature != DEFAULT_TEMPERATURE
+
+
+def test_temperature_minimises_the_leave_one_image_out_log_loss():
+    x, y = blobs(n_per_class=6, n_classes=3, spread=2.5, seed=4)
+    x = np.repeat(x, 2, axis=0) + 0.1 * np.random.default_rng(0).standard_normal((36, 64))
+    y, groups = np.repeat(y, 2), np.repeat(np.arange(18), 2)  # two views per image
+    head = fit_prototype(x, y, n_classes=3, groups=groups)
+    sims = _brute_force_loo_sims(x, y, groups, 3)
+
+    def loss(t):
+        logits = t * sims
+        logits -= logits.max(axis=1, keepdims=True)
+        return -(logits[np.arange(len(y)), y] - np.log(np.exp(logits).sum(axis=1))).mean()
+
+    best = loss(head.temperature)
+    for factor in (0.8, 0.95, 1.05, 1.25):
+        assert best <= loss(head.temperature * factor) + 1e-9
+
+
+def test_one_image_per_class_falls_back_to_the_default_temperature():
+    x, y = blobs(n_per_class=1, n_classes=3)
+    head = fit_prototype(x, y, n_classes=3)
+    assert head.temperature == DEFAULT_TEMPERATURE
+    assert (head.predict_proba(x).argmax(axis=1) == y).all()
+    # A class with one image among classes with more: its rows are left out of the fit only.
+    x2, y2 = blobs(n_per_class=5, n_classes=2, seed=1)
+    x2, y2 = np.vstack([x2, x[:1]]), np.append(y2, 2)
+    assert fit_prototype(x2, y2, n_classes=3).temperature != DEFAULT_TEMPERATURE
+
+
+def test_a_class_without_images_is_never_preferred():
+    x, y = blobs(n_per_class=8, n_classes=2)
+    head = fit_prototype(x, y, n_classes=3)
+    assert (head.prototypes[2] == 0).all()
+    far = -5.0 * x[:3]  # unlike anything seen, still never the empty class
+    assert (head.predict_proba(far).argmax(axis=1) != 2).all()
+
+
+def test_prototype_state_round_trips_through_torch_weights_only():
+    x, y = blobs(n_per_class=6, n_classes=2)
+    head = fit_prototype(x, y, n_classes=2)
+    buffer = io.BytesIO()
+    torch.save(head.to_state(), buffer)
+    buffer.seek(0)
+    restored = head_from_state("prototype", torch.load(buffer, weights_only=True))
+    assert isinstance(restored, PrototypeHead)
+    np.testing.assert_array_equal(restored.predict_proba(x), head.predict_proba(x))
+    with pytest.raises(ValueError, match="inconsistent"):
+        PrototypeHead.from_state(
+            {"mean": np.zeros(3), "prototypes": np.zeros((2, 4)), "temperature": 1.0}
+        )
+    with pytest.raises(ValueError, match=r"\(N, 64\)"):
+        head.predict_proba(x[:, :10])
+
+
+# --- MLP head -------------------------------------------------------------------------------
+
+
+def test_mlp_fits_blobs_and_is_deterministic_for_a_seed():
+    x, y = blobs(n_per_class=20, n_classes=3, spread=1.0)
+    a = fit_mlp(x, y, n_classes=3, l2=1e-3, seed=5)
+    b = fit_mlp(x, y, n_classes=3, l2=1e-3, seed=5)
+    c = fit_mlp(x, y, n_classes=3, l2=1e-3, seed=6)
+    assert a.kind == "mlp" and a.n_classes == 3
+    assert (a.predict_proba(x).argmax(axis=1) == y).mean() >= 0.95
+    np.testing.assert_array_equal(a.w1, b.w1)
+    assert not np.array_equal(a.w1, c.w1)
+    assert a.w1.shape == (heads_module.MLP_HIDDEN, 64)
+
+
+def test_mlp_many_equals_separate_fits():
+    x, y = blobs(n_per_class=15, n_classes=2, spread=1.5, seed=2)
+    masks = np.random.default_rng(1).random((3, len(y))) < 0.7
+    joint = fit_mlp_many(x, y, masks, n_classes=2, l2=1e-3, seed=0)
+    for mask, head in zip(masks, joint):
+        alone = fit_mlp(x[mask], y[mask], n_classes=2, l2=1e-3, seed=0)
+        np.testing.assert_allclose(head.predict_proba(x), alone.predict_proba(x), atol=1e-5)
+
+
+def test_mlp_state_round_trips_and_rejects_bad_shapes():
+    x, y = blobs(n_per_class=10, n_classes=2)
+    head = fit_mlp(x, y, n_classes=2, l2=1e-2)
+    buffer = io.BytesIO()
+    torch.save(head.to_state(), buffer)
+    buffer.seek(0)
+    restored = head_from_state("mlp", torch.load(buffer, weights_only=True))
+    assert isinstance(restored, MLPHead)
+    np.testing.assert_allclose(restored.predict_proba(x), head.predict_proba(x), atol=1e-5)
+    state = head.to_state()
+    state["b2"] = torch.zeros(5)
+    with pytest.raises(ValueError, match="inconsistent"):
+        MLPHead.from_state(state)
+    with pytest.raises(ValueError):
+        fit_mlp(x, y, n_classes=2, l2=0.0)
+
+
+def test_head_from_state_dispatches_on_kind():
+    head = LogisticHead(np.zeros(4), np.zeros((2, 4)), np.zeros(2), 10.0)
+    assert isinstance(head_from_state("logistic", head.to_state()), LogisticHead)
+    with pytest.raises(ValueError, match="unknown head kind"):
+        head_from_state("forest", head.to_state())

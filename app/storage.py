@@ -5,26 +5,40 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either nothing or the whole file."""
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """Yield a file whose content replaces `path` in one step when the block ends without error.
+
+    Readers (the predictor, other workers) see the old file or the new one, never a partial one:
+    the content goes to a temp file in the same directory, is made durable, then renamed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either nothing or the whole file."""
+    with atomic_writer(path) as handle:
+        handle.write(data)
 
 
 class BlobStore:

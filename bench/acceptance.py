@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hymenoptera_http import DATASETS, embedded_server, split  # noqa: E402
+from hymenoptera_http import DATASETS, embedded_server, split
 
 HYMENOPTERA = DATASETS / "hymenoptera"
 FLOWERS = DATASETS / "flower_photos_small"

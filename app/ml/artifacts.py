@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from app.ml.heads import Head, head_from_state
+from app.storage import atomic_writer
 
 # Format 2 records the head kind; format 1 files (logistic heads only, no kind) still load.
 ARTIFACT_FORMAT = 2
@@ -24,19 +23,9 @@ def save_artifact(path: Path, *, head: Head, meta: dict[str, Any]) -> None:
     labels, the backbone and the unknown detector from select.FitResult.unknown.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": ARTIFACT_FORMAT, "kind": head.kind, "head": head.to_state(), "meta": meta}
-    # A reader (the predictor) must see the old file or the new one, never a partial write.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as handle:
+        torch.save(payload, handle)
 
 
 def load_artifact(path: Path) -> tuple[Head, dict[str, Any]]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from PIL import Image
 from app.ml.augment import augment
 from app.ml.backbones import components, get_spec
 from app.ml.features import assemble, extract_features
+from app.storage import atomic_writer
 
 # Hashes and backbone names become path components: allow nothing that could climb or nest.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
@@ -62,19 +61,8 @@ class FeatureCache:
         if vector.ndim != 1:
             raise ValueError(f"expected a 1-D feature vector, got shape {vector.shape}")
         path = self.path(image_hash, backbone, view=view)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Readers (other workers) must never see a half-written file: write a temp file in the
-        # same directory, make it durable, then rename over the target in one step.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{image_hash}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, vector, allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_writer(path) as handle:
+            np.save(handle, vector, allow_pickle=False)
 
     def features_for(
         self,

@@ -17,7 +17,7 @@ def check_health(runtime: Runtime) -> dict[str, Any]:
         with runtime.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         checks["database"] = "ok"
-    except Exception as exc:  # health must report, not crash
+    except Exception as exc:  # noqa: BLE001  (health must report, not crash)
         checks["database"] = f"error: {type(exc).__name__}"
     try:
         runtime.settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.tables import Account, Category, Image, ImageLabel
+from app.db.tables import Account, Image, ImageLabel
 from app.errors import InvalidInput, NanoNetError
 from app.ml.imaging import ImageRejected, decode_image
 from app.runtime import Runtime

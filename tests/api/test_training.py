@@ -39,7 +39,7 @@ def test_train_reports_honest_metrics_and_predicts(client: TestClient, trained_t
     assert body["version"] == 1
     good, bad = body["results"]
     assert good["label"] == "hemlock"
-    assert [p["label"] for p in good["predictions"]][0] == "hemlock"
+    assert good["predictions"][0]["label"] == "hemlock"
     assert sum(p["probability"] for p in good["predictions"]) == pytest.approx(1, abs=1e-4)
     assert good["probability"] == good["predictions"][0]["probability"]
     assert bad["status"] == "rejected" and bad["error"]["code"] == "corrupt_image"

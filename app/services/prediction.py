@@ -46,20 +46,19 @@ def predict(session: Session, runtime: Runtime, *, account: Account, nanonet_id:
         results.append({"file": upload.filename, "status": "ok"})
     raise_if_nothing_accepted(results)
 
-    from app.ml.features import extract_features
-    from app.ml.predict import predict_proba, top_predictions
-    from app.ml.unknown import unknown_mask
+    from app.ml.predict import classify, top_predictions
 
     head, meta = runtime.heads.get(settings.models_dir / version.artifact_path)
-    detector = meta.get("unknown")
-    if reject_unknown and detector is None:
+    if reject_unknown and meta.get("unknown") is None:
         raise Conflict("This version cannot tell unknown images apart: it was trained with fewer "
                        "than 2 images in some category. Add images and train again.",
                        code="unknown_not_calibrated")
-    features = extract_features(version.backbone, [image for _, image in accepted],
-                                batch_size=settings.feature_batch_size, device=runtime.device)
-    ranked = top_predictions(predict_proba(head, features), meta["labels"])
-    unknown = unknown_mask(detector, features) if reject_unknown else [False] * len(accepted)
+    # The detector may use another backbone than the head; skip its pass when not asked for.
+    used = meta if reject_unknown else {**meta, "unknown": None}
+    probabilities, unknown = classify(head, used, [image for _, image in accepted],
+                                      batch_size=settings.feature_batch_size,
+                                      device=runtime.device)
+    ranked = top_predictions(probabilities, meta["labels"])
     for (index, _), predictions, is_unknown in zip(accepted, ranked, unknown, strict=True):
         label, probability = predictions[0]
         results[index].update(

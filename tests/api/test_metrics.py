@@ -78,3 +78,23 @@ def test_upload_starts_background_feature_extraction(client: TestClient) -> None
     digests = [r["sha256"] for r in upload(client, model_id, "hemlock",
                                            tree_photos("hemlock")[:3]).json()["results"]]
     assert all(runtime.features.get(d, "mobilenet_v2") is not None for d in digests)
+
+
+def test_reject_unknown_when_the_detector_uses_another_backbone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from app.main import create_app
+    from tests.conftest import make_settings, wait_for_job
+
+    settings = make_settings(tmp_path, backbones="mobilenet_v2,efficientnet_lite2")
+    with TestClient(create_app(settings)) as client:
+        model_id = create_model(client)
+        for label in ("hemlock", "japanese_cherry"):
+            upload(client, model_id, label, tree_photos(label))
+        job_id = client.post(f"/api/v1/models/{model_id}/train", headers=bearer()).json()["job_id"]
+        assert wait_for_job(client, job_id)["status"] == "succeeded"
+        for reject in ("true", "false"):
+            response = client.post(f"/api/v1/models/{model_id}/predict?reject_unknown={reject}",
+                                   files=files_of(TREES / "test" / "hemlock" / "test_image.jpg",
+                                                  BAD_INPUTS / "rgba_alpha.png"),
+                                   headers=bearer())
+            assert response.status_code == 200, response.text
+        assert response.json()["results"][0]["label"] == "hemlock"

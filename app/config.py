@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(default=2, ge=1, le=10)
     redis_url: str = "redis://localhost:6379/0"
     job_queue: str = Field(default="cpu", description="Celery queue the API sends jobs to")
+    job_visibility_timeout: int = Field(
+        default=6 * 3600, ge=60,
+        description="Seconds a Celery job may stay unacknowledged before Redis hands it to "
+        "another worker as lost; keep it above the longest training",
+    )
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     torch_threads: int | None = Field(default=None, ge=1)
 

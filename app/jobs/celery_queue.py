@@ -1,21 +1,55 @@
-"""Full-stack job backend: jobs go to Celery workers over Redis."""
+"""Full-stack job backend: jobs go to Celery workers over Redis.
+
+The API process and the workers build their Celery app with the same `make_celery`, each from
+its own Settings, so a sender always talks to the broker its settings name.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from app.config import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+TASK_NAME = "nanonet.run_job"
+
+
+def make_celery(settings: Settings) -> Celery:
+    """Return a Celery app for settings.redis_url with the job semantics NanoNet relies on."""
+    from celery import Celery
+
+    app = Celery("nanonet", broker=settings.redis_url, include=["worker.tasks"])
+    app.conf.update(
+        task_acks_late=True,  # a job whose worker dies is redelivered, and handlers are idempotent
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # long jobs: never hoard work another worker could take
+        task_default_queue="cpu",
+        task_ignore_result=True,  # job state lives in the database, not in a result backend
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.job_visibility_timeout},
+    )
+    return app
 
 
 class CeleryQueue:
+    """Sends committed job ids to settings.job_queue; GPU workers consume `gpu` and `cpu`."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._app: Celery | None = None
 
     def start(self) -> None:
-        pass
+        self._app = make_celery(self.settings)
 
     def stop(self) -> None:
-        pass
+        if self._app is not None:
+            self._app.close()
+            self._app = None
 
     def submit(self, job_id: str) -> None:
-        from worker.celery_app import celery_app, queue_for
-
-        celery_app.send_task("nanonet.run_job", args=[job_id], queue=queue_for(self.settings))
+        if self._app is None:
+            self.start()
+        assert self._app is not None
+        self._app.send_task(TASK_NAME, args=[job_id], queue=self.settings.job_queue)

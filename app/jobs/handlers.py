@@ -21,9 +21,16 @@ HANDLERS: dict[str, Callable[[Runtime, str], None]] = {
 }
 
 
-def run_job(runtime: Runtime, job_id: str) -> None:
-    """Run one job by id. Idempotent: a job that is not `queued` any more is left alone."""
+def run_job(runtime: Runtime, job_id: str, *, redelivered: bool = False) -> None:
+    """Run one job by id. Idempotent: a job that is not `queued` any more is left alone.
+
+    `redelivered`: the queue says the worker that last held this job died before finishing
+    it, so a `running` row is a leftover: retry it (or fail it once out of attempts).
+    """
     with runtime.session_factory() as session:
+        if redelivered:
+            job_service.recover_job(session, job_id=job_id,
+                                    max_attempts=runtime.settings.job_max_attempts)
         kind = job_service.claim_job(session, job_id=job_id)
     if kind is None:
         log.info("jobs.run.skipped job_id=%s", job_id)

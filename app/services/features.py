@@ -10,6 +10,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.db.tables import Account, Job, NanoNet
+from app.errors import Unavailable
 from app.services import jobs as job_service
 from app.services.nanonets import training_set
 
@@ -35,8 +36,11 @@ def request_extraction(session: Session, runtime: Runtime, *, account: Account,
     job = Job(account_id=account.id, nanonet_id=nanonet.id, kind="extract")
     session.add(job)
     session.commit()
-    assert runtime.queue is not None, "the runtime has no job queue"
-    runtime.queue.submit(job.id)
+    try:
+        job_service.dispatch(session, runtime.queue, job)
+    except Unavailable:
+        # The images are stored; training extracts whatever is missing, so the upload stands.
+        return None
     return job
 
 

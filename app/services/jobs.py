@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING
+
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.tables import Account, Job, NanoNet
-from app.errors import NotFound
+from app.errors import NotFound, Unavailable
+
+if TYPE_CHECKING:
+    from app.jobs.queue import JobQueue
+
+log = logging.getLogger("nanonet.jobs")
 
 ACTIVE = ("queued", "running")
 
@@ -44,6 +52,25 @@ def set_progress(session: Session, *, job_id: str, stage: str, progress: float) 
     session.commit()
 
 
+def dispatch(session: Session, queue: JobQueue | None, job: Job) -> None:
+    """Hand a committed job to the queue; if the queue refuses it, fail the job and raise.
+
+    Without this a job whose message never reached the broker would stay `queued` forever and
+    block every later request for the same NanoNet. Raises Unavailable (503).
+    """
+    assert queue is not None, "the runtime has no job queue"
+    try:
+        queue.submit(job.id)
+    except Exception as exc:
+        log.exception("jobs.dispatch.failed job_id=%s kind=%s", job.id, job.kind)
+        fail_job(session, job_id=job.id, error=f"The job queue refused the job: {exc}")
+        raise Unavailable(
+            "The job queue is not reachable, so nothing was queued. Check that the broker "
+            "(Redis) and the workers are running, then try again.",
+            code="queue_unavailable",
+        ) from exc
+
+
 def fail_job(session: Session, *, job_id: str, error: str) -> None:
     """Mark a job failed and put its NanoNet back in a state that says what it can do."""
     job = session.get(Job, job_id)
@@ -75,15 +102,31 @@ def recover_interrupted_jobs(session: Session, *, max_attempts: int) -> list[str
     """Requeue jobs left `running` by a dead process, or fail them once out of attempts."""
     recovered = []
     for job in session.scalars(select(Job).where(Job.status == "running")):
-        if job.attempts < max_attempts:
-            job.status, job.stage, job.progress = "queued", "queued", 0.0
-            job.error = f"retrying: the worker stopped during attempt {job.attempts}"
-        else:
-            _fail(session, job, f"The worker stopped while this job was running (attempt "
-                                f"{job.attempts} of {max_attempts}); start it again.")
+        _recover(session, job, max_attempts)
         recovered.append(job.id)
     session.commit()
     return recovered
+
+
+def recover_job(session: Session, *, job_id: str, max_attempts: int) -> None:
+    """Requeue (or fail, once out of attempts) one job whose worker is known to have died.
+
+    Celery calls this for a redelivered message: the worker that had it stopped before
+    acknowledging, so a `running` row is left over from that worker, not a live one.
+    """
+    job = session.get(Job, job_id)
+    if job is not None and job.status == "running":
+        _recover(session, job, max_attempts)
+        session.commit()
+
+
+def _recover(session: Session, job: Job, max_attempts: int) -> None:
+    if job.attempts < max_attempts:
+        job.status, job.stage, job.progress = "queued", "queued", 0.0
+        job.error = f"retrying: the worker stopped during attempt {job.attempts}"
+    else:
+        _fail(session, job, f"The worker stopped while this job was running (attempt "
+                            f"{job.attempts} of {max_attempts}); start it again.")
 
 
 def queued_job_ids(session: Session) -> list[str]:

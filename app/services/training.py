@@ -48,8 +48,7 @@ def request_training(session: Session, runtime: Runtime, *, account: Account,
     nanonet.state = "training"
     session.commit()
     # Only after the commit: a worker must never see a job that could still roll back.
-    assert runtime.queue is not None, "the runtime has no job queue"
-    runtime.queue.submit(job.id)
+    job_service.dispatch(session, runtime.queue, job)
     return job
 
 

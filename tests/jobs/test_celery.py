@@ -1,0 +1,194 @@
+"""The full stack's job path: the API sends jobs to a real Celery worker over a real Redis.
+
+Needs `redis-server` on PATH (`.ci/run` installs it) or NANONET_TEST_REDIS_URL. The worker is
+started the way docker-compose starts it, as a separate process sharing the data dir and DB.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from app.db.tables import Job
+from app.main import create_app
+from tests.conftest import (
+    ROOT,
+    bearer,
+    create_model,
+    make_settings,
+    tree_photos,
+    upload,
+    wait_for_job,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on port {port} after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("NANONET_TEST_REDIS_URL"):
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide redis-server (apt-get install redis-server)")
+        pytest.skip("install redis-server or set NANONET_TEST_REDIS_URL to test Celery")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+class Worker:
+    """`celery -A worker.celery_app worker`, as docker-compose runs it, in its own process."""
+
+    def __init__(self, data_dir: Path, redis_url: str, log: Path) -> None:
+        self.log = log
+        env = {
+            **os.environ,
+            "NANONET_DATA_DIR": str(data_dir),
+            "NANONET_REDIS_URL": redis_url,
+            "NANONET_JOB_BACKEND": "celery",
+            "NANONET_BACKBONES": "mobilenet_v2",
+            "NANONET_AUGMENT_VIEWS": "0",
+            "NANONET_JOB_MAX_ATTEMPTS": "3",
+            "NANONET_MIGRATE_ON_START": "false",
+        }
+        self._log_file = log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "cpu",
+             "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+             "--without-heartbeat"],
+            cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
+        )
+
+    def child_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, check=False,
+                             text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log_file.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def stack(tmp_path: Path, redis_url: str) -> Iterator[tuple[TestClient, Worker]]:
+    """An API in this process (job_backend=celery) and one worker process, sharing data_dir."""
+    data_dir = tmp_path / "data"
+    settings = make_settings(data_dir, job_backend="celery", redis_url=redis_url)
+    with TestClient(create_app(settings)) as client:  # migrates the shared SQLite DB
+        worker = Worker(data_dir, redis_url, tmp_path / "worker.log")
+        try:
+            yield client, worker
+        finally:
+            worker.stop()
+
+
+def _trainable_model(client: TestClient, images_per_class: int) -> str:
+    model_id = create_model(client)
+    for label in ("hemlock", "japanese_cherry"):
+        response = upload(client, model_id, label, tree_photos(label)[:images_per_class])
+        assert response.status_code == 200, response.text
+    return model_id
+
+
+def test_worker_trains_and_the_api_serves_the_model(stack: tuple[TestClient, Worker]) -> None:
+    client, worker = stack
+    model_id = _trainable_model(client, 4)
+    job_id = client.post(f"/api/v1/models/{model_id}/train", headers=bearer()).json()["job_id"]
+    job = wait_for_job(client, job_id, timeout=300)
+    assert job["status"] == "succeeded", (job, worker.output()[-3000:])
+    assert "nanonet.run_job[" in worker.output()  # it ran in the worker, not in this process
+
+    model = client.get(f"/api/v1/models/{model_id}", headers=bearer()).json()
+    assert model["state"] == "ready" and model["backbone"] == "mobilenet_v2"
+    photo = tree_photos("japanese_cherry")[-1]
+    response = client.post(f"/api/v1/models/{model_id}/predict", headers=bearer(),
+                           files=[("files", (photo.name, photo.read_bytes(), "image/jpeg"))])
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["label"] in ("hemlock", "japanese_cherry")
+
+
+def test_job_of_a_killed_worker_is_retried(stack: tuple[TestClient, Worker]) -> None:
+    client, worker = stack
+    model_id = _trainable_model(client, 12)
+    job_id = client.post(f"/api/v1/models/{model_id}/train", headers=bearer()).json()["job_id"]
+    deadline = time.monotonic() + 120
+    while client.get(f"/api/v1/jobs/{job_id}", headers=bearer()).json()["status"] != "running":
+        assert time.monotonic() < deadline, worker.output()[-3000:]
+        time.sleep(0.05)
+    children = worker.child_pids()
+    assert children, worker.output()[-3000:]
+    for pid in children:  # the pool process dies mid-job, as on an out-of-memory kill
+        os.kill(pid, signal.SIGKILL)
+
+    job = wait_for_job(client, job_id, timeout=300)
+    assert job["status"] == "succeeded", (job, worker.output()[-3000:])
+    assert job["attempts"] == 2
+    assert client.get(f"/api/v1/models/{model_id}", headers=bearer()).json()["state"] == "ready"
+
+
+def test_unreachable_broker_is_a_503_and_leaves_no_stuck_job(tmp_path: Path) -> None:
+    dead = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    settings = make_settings(tmp_path / "data", job_backend="celery", redis_url=dead)
+    with TestClient(create_app(settings)) as client:
+        model_id = create_model(client)
+        for label in ("hemlock", "japanese_cherry"):
+            # the upload stands: training extracts whatever the background job could not
+            assert upload(client, model_id, label, tree_photos(label)[:2]).status_code == 200
+        for _ in range(2):  # the failed job must not block the next request
+            response = client.post(f"/api/v1/models/{model_id}/train", headers=bearer())
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "queue_unavailable"
+        runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        with runtime.session_factory() as session:
+            statuses = session.scalars(select(Job.status).where(Job.nanonet_id == model_id))
+            assert set(statuses) == {"failed"}
+        assert client.get(f"/api/v1/models/{model_id}", headers=bearer()).json()["state"] != (
+            "training")

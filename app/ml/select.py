@@ -35,8 +35,10 @@ HEAD_KINDS: tuple[str, ...] = ("logistic", "prototype", "mlp")
 # nothing to gain over the linear head and its CV estimate is too noisy to trust.
 MLP_MIN_CLASS = 10
 MLP_L2 = 1e-3
-# Where inner CV is impossible (a class with one image), the prototype head on the best
-# few-shot backbone passed in: BACKBONES.md measured 1-shot ants/bees accuracy in this order.
+# The prior: backbones in order of how well they transfer from few images, measured on the
+# shared sets (BACKBONES.md: 1-shot ants/bees accuracy in this order; Lite2 and the concatenation
+# best or near-best at every k). Where inner CV is impossible (a class with one image) the
+# prototype head on the first of these wins outright; elsewhere the order breaks near-ties.
 FEW_SHOT_ORDER: tuple[str, ...] = (
     "efficientnet_lite2",
     "mobilenet_v2+efficientnet_lite2",
@@ -44,9 +46,15 @@ FEW_SHOT_ORDER: tuple[str, ...] = (
     "efficientnet_lite0",
     "mobilenet_v2",
 )
-# Accuracy differences below this count as ties (then the cheaper backbone, then the lower log
-# loss, wins). 0.01 is one image in a hundred: about half a standard error of a CV accuracy of
-# 0.95 on 245 images (SE 0.014), a third of one on 85 images at 0.90 (SE 0.033).
+# Accuracy differences below this count as ties; then the backbone earlier in FEW_SHOT_ORDER,
+# then the lower log loss, wins. 0.01 is one image in a hundred: about half a standard error of
+# a CV accuracy of 0.95 on 245 images (SE 0.014), a third of one on 85 images at 0.90 (SE 0.033).
+# Ties are common at 10-20 images per class, where CV accuracy saturates at 1.0 for several
+# backbones. Breaking them towards the cheaper backbone (the first rule we had) picked
+# MobileNetV2 there, which generalises worst on ants/bees: val accuracy over 5 subsets each of
+# 10 and 20 ants/bees per class plus all images, mean 0.950 (cheaper first), 0.958 (lower log
+# loss first), 0.964 (this order). On flowers no near-tie occurred (same choice either way).
+# Serving cost barely differs: the unknown detector runs Lite2 at predict time anyway.
 NEAR_TIE = 0.01
 # Below this many images in the smallest class, CV over a few dozen validation images cannot
 # tell backbones apart, and the best of ~25 noisy scores is often a weak backbone. There only
@@ -192,6 +200,13 @@ def fit_nanonet(
             backbone=detector_backbone,
         )
     return FitResult(chosen, head, metrics, None, tables[0], unknown)
+
+
+def _prior_rank(backbone: str) -> tuple[int, float]:
+    """Sort key of a backbone in the prior: FEW_SHOT_ORDER, then (unlisted ones) by cost."""
+    if backbone in FEW_SHOT_ORDER:
+        return FEW_SHOT_ORDER.index(backbone), 0.0
+    return len(FEW_SHOT_ORDER), cost(backbone)
 
 
 def calibration_error(
@@ -400,7 +415,7 @@ class _Engine:
         }
 
     def _choose(self, table: Sequence[dict[str, Any]]) -> Candidate:
-        """Return the most accurate candidate; near-ties: the cheaper backbone, then log loss."""
+        """Return the most accurate candidate; near-ties: FEW_SHOT_ORDER, then log loss."""
         # Within the logistic family of a backbone, l2 is chosen by log loss first (it ranks l2
         # values more finely than accuracy's few distinct values); ties go to the stronger l2.
         eligible: list[dict[str, Any]] = []
@@ -418,7 +433,7 @@ class _Engine:
             eligible.extend(r for r in rows if r["head"] != "logistic")
         top = max(r["cv_accuracy"] for r in eligible)
         near = [r for r in eligible if r["cv_accuracy"] >= top - self.near_tie - 1e-12]
-        best = min(near, key=lambda r: (cost(r["backbone"]), r["cv_log_loss"]))
+        best = min(near, key=lambda r: (_prior_rank(r["backbone"]), r["cv_log_loss"]))
         return Candidate(best["backbone"], best["head"], best["l2"])
 
     def _logistic_cv(

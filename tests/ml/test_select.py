@@ -122,10 +122,23 @@ def test_validation_scores_view_zero_only():
     assert result.metrics["accuracy"] < 0.72
 
 
-def test_near_ties_go_to_the_cheaper_backbone():
+def test_near_ties_go_to_the_backbone_that_transfers_best_from_few_images():
     x, y = blobs(n_per_class=FEW_SHOT_CLASS, n_classes=2, spread=0.5)
     same = _views(x)
-    result = fit_nanonet({"efficientnet_lite2": same, "mobilenet_v2": same.copy()}, y, ["a", "b"])
+    features = {"mobilenet_v2": same, "mobilenet_v2+efficientnet_lite2": same.copy(),
+                "efficientnet_lite2": same.copy()}
+    result = fit_nanonet(features, y, ["a", "b"])
+    assert result.candidate.backbone == "efficientnet_lite2"
+    del features["efficientnet_lite2"]
+    result = fit_nanonet(features, y, ["a", "b"])
+    assert result.candidate.backbone == "mobilenet_v2+efficientnet_lite2"
+
+
+def test_a_clearly_better_cheaper_backbone_still_wins():
+    x, y = blobs(n_per_class=FEW_SHOT_CLASS, n_classes=2, spread=0.5)
+    noise = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    result = fit_nanonet({"mobilenet_v2": _views(x), "efficientnet_lite2": _views(noise)}, y,
+                         ["a", "b"])
     assert result.candidate.backbone == "mobilenet_v2"
 
 

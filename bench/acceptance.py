@@ -19,8 +19,12 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hymenoptera_http import DATASETS, embedded_server, split
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `bench` importable
+    sys.path.insert(0, str(ROOT))
+
+from bench.hymenoptera_http import DATASETS, split
+from bench.server import embedded_server
 
 HYMENOPTERA = DATASETS / "hymenoptera"
 FLOWERS = DATASETS / "flower_photos_small"
@@ -122,8 +126,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     skip = set(args.skip.split(","))
     report: dict[str, object] = {}
-    with embedded_server({}) as (url, key):
-        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
+    with embedded_server() as server:
+        client = httpx.Client(base_url=server.url,
+                              headers={"Authorization": f"Bearer {server.key}"},
                               timeout=1200)
         if "unknown" not in skip:
             report["unknown"] = unknown_check(client)

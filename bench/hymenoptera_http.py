@@ -11,52 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `bench` importable
+    sys.path.insert(0, str(ROOT))
+
+from bench.server import embedded_server
+
 DATASETS = ROOT.parent / "shared" / "datasets"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def embedded_server(extra_env: dict[str, str]):  # type: ignore[no-untyped-def]
-    port, key = free_port(), "bench-" + os.urandom(8).hex()
-    with tempfile.TemporaryDirectory(prefix="nanonet-bench-") as data_dir:
-        env = {**os.environ, "NANONET_DATA_DIR": data_dir, "NANONET_BOOTSTRAP_API_KEY": key,
-               "NANONET_CREATE_FIRST_ACCOUNT": "false", **extra_env}
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "nanonet"), "serve", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "warning"], env=env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the server did not start")
-                time.sleep(0.3)
-            yield url, key
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
 
 
 def split(dataset: Path, name: str) -> dict[str, list[Path]]:
@@ -130,8 +97,8 @@ def main() -> None:
         result = run(args.url, args.key or "", dataset, batch=args.batch)
     else:
         env = {"NANONET_BACKBONES": args.backbones} if args.backbones else {}
-        with embedded_server(env) as (url, key):
-            result = run(url, key, dataset, batch=args.batch)
+        with embedded_server(env) as server:
+            result = run(server.url, server.key, dataset, batch=args.batch)
     for name, value in result.items():
         print(f"{name:>22}: {value}")
     if args.json:

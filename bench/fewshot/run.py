@@ -63,12 +63,13 @@ def make_methods(args: argparse.Namespace, stack: ExitStack,
             if args.url:
                 url, key = args.url, args.key or ""
             else:
-                from bench.fewshot.server import embedded_server
+                from bench.server import embedded_server
 
                 env = dict(item.split("=", 1) for item in args.server_env)
                 log_path = args.out.with_name(args.out.stem + "-server.log")
                 print(f"starting the embedded server (log: {log_path}) ...", flush=True)
-                url, key, args.server_pid = stack.enter_context(embedded_server(env, log_path))
+                server = stack.enter_context(embedded_server(env, log_path=log_path))
+                url, key, args.server_pid = server.url, server.key, server.pid
             client = NanoNetHTTP(url, key, batch=args.batch)
             stack.callback(client.close)
             if args.warmup:

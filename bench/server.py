@@ -1,0 +1,82 @@
+"""One embedded `nanonet serve` for a benchmark: free loopback port, fresh data dir, own log.
+
+    with embedded_server({"NANONET_BACKBONES": "mobilenet_v2"}) as server:
+        httpx.get(f"{server.url}/health", headers={"Authorization": f"Bearer {server.key}"})
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+START_TIMEOUT_S = 180
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    key: str
+    pid: int
+    log_path: Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def embedded_server(extra_env: Mapping[str, str] | None = None, *,
+                    log_path: Path | None = None) -> Iterator[Server]:
+    """Yield a started server; stop it (kill it if it hangs) and remove its data dir after.
+
+    The server's output goes to `log_path` (default: a file in its temporary data dir, gone
+    afterwards), so the benchmark's own output stays readable; its tail is shown if the server
+    does not start.
+    """
+    port, key = free_port(), "bench-" + os.urandom(8).hex()
+    with tempfile.TemporaryDirectory(prefix="nanonet-bench-") as data_dir:
+        log_path = log_path or Path(data_dir) / "server.log"
+        env = {**os.environ, "NANONET_DATA_DIR": data_dir, "NANONET_BOOTSTRAP_API_KEY": key,
+               "NANONET_CREATE_FIRST_ACCOUNT": "false", **(extra_env or {})}
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [str(Path(sys.executable).parent / "nanonet"), "serve", "--host", "127.0.0.1",
+                 "--port", str(port), "--log-level", "warning"],
+                env=env, stdout=log, stderr=subprocess.STDOUT)
+            url = f"http://127.0.0.1:{port}"
+            try:
+                _wait_until_healthy(url, process, log_path)
+                yield Server(url, key, process.pid, log_path)
+            finally:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _wait_until_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"the server did not start; its log ({log_path}):\n{tail}")
+        time.sleep(0.3)

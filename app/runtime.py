@@ -18,7 +18,7 @@ from app.storage import BlobStore
 if TYPE_CHECKING:
     from app.jobs.queue import JobQueue
     from app.ml.cache import FeatureCache
-    from app.ml.heads import LogisticHead
+    from app.ml.heads import Head
 
 
 class HeadCache:
@@ -26,10 +26,10 @@ class HeadCache:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[str, tuple[LogisticHead, dict[str, Any]]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[Head, dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: Path) -> tuple[LogisticHead, dict[str, Any]]:
+    def get(self, path: Path) -> tuple[Head, dict[str, Any]]:
         from app.ml.artifacts import load_artifact
 
         key = str(path)

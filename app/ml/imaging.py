@@ -171,7 +171,7 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     try:
         # The plugin class itself reads just the header, without Image.open's bomb check, so the
         # rejection can name the real dimensions.
-        with Image.OPEN[fmt][0](io.BytesIO(data)) as img:
+        with Image.OPEN[fmt][0](io.BytesIO(data), "upload") as img:
             return img.size
     except Exception:  # noqa: BLE001 - the caller then rejects without naming dimensions
         return None

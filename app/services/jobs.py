@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -13,6 +13,8 @@ from app.db.tables import Account, Job, NanoNet
 from app.errors import NotFound, Unavailable
 
 if TYPE_CHECKING:
+    from sqlalchemy import CursorResult
+
     from app.jobs.queue import JobQueue
 
 log = logging.getLogger("nanonet.jobs")
@@ -31,12 +33,13 @@ def get_job(session: Session, *, account: Account, job_id: str) -> Job:
 def claim_job(session: Session, *, job_id: str) -> str | None:
     """Atomically move a queued job to running; return its kind, or None if not claimable."""
     now = utcnow()
-    claimed = session.execute(
+    result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "queued")
         .values(status="running", stage="starting", attempts=Job.attempts + 1, started_at=now,
                 updated_at=now, error=None)
-    ).rowcount
+    )
+    claimed = cast("CursorResult[Any]", result).rowcount
     session.commit()
     if not claimed:
         return None

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from app.api.deps import AccountDep, RuntimeDep, SessionDep, check_request_size, read_uploads
-from app.schemas.images import UploadResponse
+from app.schemas.images import UploadResponse, UploadResult
 from app.services.images import add_images
 
 router = APIRouter(prefix="/models", tags=["images"])
@@ -21,4 +21,4 @@ def upload_images(model_id: str, category: Annotated[str, Form(min_length=1)],
                          category=category, uploads=read_uploads(files, runtime))
     return UploadResponse(model_id=model_id, category=category.strip(),
                           accepted=sum(r["status"] == "accepted" for r in results),
-                          results=results)
+                          results=[UploadResult.model_validate(r) for r in results])

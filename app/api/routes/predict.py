@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, UploadFile
 
 from app.api.deps import AccountDep, RuntimeDep, SessionDep, check_request_size, read_uploads
-from app.schemas.images import PredictResponse
+from app.schemas.images import PredictResponse, PredictResult
 from app.services.prediction import predict
 
 router = APIRouter(prefix="/models", tags=["predict"])
@@ -23,4 +23,5 @@ def predict_images(model_id: str, session: SessionDep, runtime: RuntimeDep, acco
     version, results = predict(session, runtime, account=account, nanonet_id=model_id,
                                uploads=read_uploads(files, runtime),
                                reject_unknown=reject_unknown)
-    return PredictResponse(model_id=model_id, version=version, results=results)
+    return PredictResponse(model_id=model_id, version=version,
+                           results=[PredictResult.model_validate(r) for r in results])

@@ -293,9 +293,37 @@ def _percent(value: float) -> str:
     return f"{math.floor(100 * value + 1e-9)}%"  # 1e-9: 100 * 0.95 is 94.99999...
 
 
-def advice(curve: dict[str, Any] | None, *, images_per_class: int, accuracy: float) -> str:
-    """Return one plain sentence on how many more images per class would reach the next target."""
+def accuracy_floor(accuracy: float, n_images: int, *, confidence: float = 0.95) -> float:
+    """Return the one-sided Clopper-Pearson lower bound of an accuracy measured on n_images."""
+    from scipy.stats import beta
+
+    correct = round(accuracy * n_images)
+    if correct <= 0:
+        return 0.0
+    return float(beta.ppf(1.0 - confidence, correct, n_images - correct + 1))
+
+
+def advice(
+    curve: dict[str, Any] | None,
+    *,
+    images_per_class: int,
+    accuracy: float,
+    n_images: int | None = None,
+) -> str:
+    """Return one plain sentence on how many more images per class would reach the next target.
+
+    n_images: how many images `accuracy` was measured on. A perfect score on 20 images is not
+    evidence of 99% (its 95% lower bound is 86%); then the sentence says what it does show.
+    """
     if accuracy >= TARGETS[-1]:
+        floor = accuracy_floor(accuracy, n_images) if n_images else 1.0
+        if floor < TARGETS[-3]:
+            return (
+                f"Cross-validation got {_percent(accuracy)} of {n_images} images right, but so "
+                "few images only show that "
+                f"accuracy is likely above {_percent(floor)}; more images per class would tell "
+                "how much higher it is."
+            )
         return (
             f"Accuracy is already {_percent(accuracy)}; more images are unlikely to make a "
             "noticeable difference."
@@ -346,5 +374,6 @@ def summarize(
         "points": points,
         "projection": projection,
         "curve": curve,
-        "advice": advice(curve, images_per_class=images_per_class, accuracy=accuracy),
+        "advice": advice(curve, images_per_class=images_per_class, accuracy=accuracy,
+                         n_images=len(labels)),
     }

@@ -8,6 +8,7 @@ from app.ml.curve import (
     C_BOUNDS,
     DEFAULT_C,
     MAX_FITS,
+    accuracy_floor,
     advice,
     default_sizes,
     fit_curve,
@@ -223,6 +224,18 @@ def test_advice_when_already_accurate_or_without_a_curve():
         "Accuracy is already 99%; more images are unlikely to make a noticeable difference."
     )
     assert advice(None, images_per_class=1, accuracy=0.5).startswith("Add a few more images")
+
+
+def test_a_perfect_score_on_few_images_is_not_called_accurate_already():
+    # 20 of 20 right: the 95% lower bound is 0.05 ** (1 / 20) = 86%, far from "already 100%"
+    assert advice(None, images_per_class=10, accuracy=1.0, n_images=20) == (
+        "Cross-validation got 100% of 20 images right, but so few images only show that "
+        "accuracy is likely above 86%; more images per class would tell how much higher it is."
+    )
+    # 243 of 245 right: the bound (97%) is evidence enough
+    assert advice(None, images_per_class=120, accuracy=243 / 245, n_images=245).startswith(
+        "Accuracy is already 99%")
+    assert accuracy_floor(1.0, 20) == pytest.approx(0.05 ** (1 / 20))
 
 
 def test_advice_flags_far_extrapolation():

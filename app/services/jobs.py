@@ -66,7 +66,9 @@ def dispatch(session: Session, queue: JobQueue | None, job: Job) -> None:
         queue.submit(job.id)
     except Exception as exc:
         log.exception("jobs.dispatch.failed job_id=%s kind=%s", job.id, job.kind)
-        fail_job(session, job_id=job.id, error=f"The job queue refused the job: {exc}")
+        # The type only: the message can carry the broker URL, credentials included.
+        fail_job(session, job_id=job.id,
+                 error=f"The job queue could not be reached ({type(exc).__name__}).")
         raise Unavailable(
             "The job queue is not reachable, so nothing was queued. Check that the broker "
             "(Redis) and the workers are running, then try again.",

@@ -320,9 +320,8 @@ def advice(
         if floor < TARGETS[-3]:
             return (
                 f"Cross-validation got {_percent(accuracy)} of {n_images} images right, but so "
-                "few images only show that "
-                f"accuracy is likely above {_percent(floor)}; more images per class would tell "
-                "how much higher it is."
+                f"few images only show that accuracy is likely above {_percent(floor)}; more "
+                "images per class would tell how much higher it is."
             )
         return (
             f"Accuracy is already {_percent(accuracy)}; more images are unlikely to make a "

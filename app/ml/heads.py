@@ -55,22 +55,16 @@ class LogisticHead:
     def to_state(self) -> dict[str, Any]:
         """Return a dict of tensors and floats that torch.load(weights_only=True) accepts."""
         return {
-            "mean": torch.from_numpy(np.ascontiguousarray(self.mean, dtype=np.float64)),
-            "weight": torch.from_numpy(np.ascontiguousarray(self.weight, dtype=np.float64)),
-            "bias": torch.from_numpy(np.ascontiguousarray(self.bias, dtype=np.float64)),
+            "mean": _tensor(self.mean),
+            "weight": _tensor(self.weight),
+            "bias": _tensor(self.bias),
             "scale": float(self.scale),
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> LogisticHead:
         """Return the head saved by to_state; raise ValueError if the shapes are inconsistent."""
-        try:
-            mean = _to_numpy(state["mean"])
-            weight = _to_numpy(state["weight"])
-            bias = _to_numpy(state["bias"])
-            scale = float(state["scale"])
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"not a LogisticHead state: {exc}") from exc
+        (mean, weight, bias), scale = _read_state(state, cls, ("mean", "weight", "bias"), "scale")
         if (
             mean.ndim != 1
             or weight.ndim != 2
@@ -94,6 +88,20 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     logits = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(logits)
     return probs / probs.sum(axis=1, keepdims=True)
+
+
+def _read_state(
+    state: dict[str, Any], head: type, arrays: tuple[str, ...], number: str
+) -> tuple[list[np.ndarray], float]:
+    """Return a saved head's float64 arrays and its one scalar; ValueError if any is missing."""
+    try:
+        return [_to_numpy(state[key]) for key in arrays], float(state[number])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a saved {head.__name__}: {exc}") from exc
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -363,12 +371,9 @@ class PrototypeHead:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> PrototypeHead:
         """Return the head saved by to_state; raise ValueError if the shapes are inconsistent."""
-        try:
-            mean = _to_numpy(state["mean"])
-            prototypes = _to_numpy(state["prototypes"])
-            temperature = float(state["temperature"])
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"not a PrototypeHead state: {exc}") from exc
+        (mean, prototypes), temperature = _read_state(
+            state, cls, ("mean", "prototypes"), "temperature"
+        )
         if mean.ndim != 1 or prototypes.ndim != 2 or prototypes.shape[1] != mean.shape[0]:
             raise ValueError(
                 f"inconsistent PrototypeHead shapes: mean {mean.shape}, "
@@ -446,10 +451,6 @@ def _loo_temperature(
     return float(math.exp(found.x))
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
-
-
 @dataclass
 class MLPHead:
     """One hidden ReLU layer: logits = relu(scale * normalise(x, mean) @ w1.T + b1) @ w2.T + b2."""
@@ -488,12 +489,9 @@ class MLPHead:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> MLPHead:
         """Return the head saved by to_state; raise ValueError if the shapes are inconsistent."""
-        try:
-            arrays = {key: _to_numpy(state[key]) for key in ("mean", "w1", "b1", "w2", "b2")}
-            scale = float(state["scale"])
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"not an MLPHead state: {exc}") from exc
-        mean, w1, b1, w2, b2 = (arrays[k] for k in ("mean", "w1", "b1", "w2", "b2"))
+        (mean, w1, b1, w2, b2), scale = _read_state(
+            state, cls, ("mean", "w1", "b1", "w2", "b2"), "scale"
+        )
         if (
             mean.ndim != 1
             or w1.shape[1:] != mean.shape

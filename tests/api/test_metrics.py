@@ -5,7 +5,16 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app.db.tables import Job
-from tests.conftest import BAD_INPUTS, TREES, bearer, create_model, files_of, tree_photos, upload
+from tests.conftest import (
+    BAD_INPUTS,
+    TREES,
+    bearer,
+    create_model,
+    files_of,
+    tree_photos,
+    upload,
+    wait_for_job,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +67,6 @@ def test_reject_unknown_needs_a_calibrated_version(client: TestClient) -> None:
     upload(client, model_id, "hemlock", tree_photos("hemlock")[:1])
     upload(client, model_id, "japanese_cherry", tree_photos("japanese_cherry")[:1])
     job_id = client.post(f"/api/v1/models/{model_id}/train", headers=bearer()).json()["job_id"]
-    from tests.conftest import wait_for_job
-
     assert wait_for_job(client, job_id)["status"] == "succeeded"
     response = client.post(f"/api/v1/models/{model_id}/predict?reject_unknown=true",
                            files=files_of(tree_photos("hemlock")[1]), headers=bearer())

@@ -80,6 +80,19 @@ def dataset_views(
     return views
 
 
+# What evaluate.classification_metrics returns, the shape GET /metrics documents.
+CLASSIFICATION_KEYS = {
+    "accuracy",
+    "balanced_accuracy",
+    "log_loss",
+    "per_class",
+    "confusion_matrix",
+    "n_images",
+    "n_folds",
+    "method",
+}
+
+
 def blobs(
     *, n_per_class: int, n_classes: int, dim: int = 64, spread: float = 0.3, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:

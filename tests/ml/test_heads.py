@@ -110,13 +110,18 @@ def test_fit_rejects_bad_input(features, labels, n_classes, l2):
         fit_logistic(features, labels, n_classes=n_classes, l2=l2)
 
 
+def _through_torch(state):
+    """Return state after torch.save and torch.load(weights_only=True), as an artifact goes."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
 def test_state_round_trips_through_torch_weights_only():
     x, y = blobs(n_per_class=10, n_classes=2)
     head = fit_logistic(x, y, n_classes=2, l2=1e-2)
-    buffer = io.BytesIO()
-    torch.save(head.to_state(), buffer)
-    buffer.seek(0)
-    restored = LogisticHead.from_state(torch.load(buffer, weights_only=True))
+    restored = LogisticHead.from_state(_through_torch(head.to_state()))
     np.testing.assert_array_equal(restored.predict_proba(x), head.predict_proba(x))
     assert restored.scale == head.scale
 
@@ -209,10 +214,7 @@ def test_a_class_without_images_is_never_preferred():
 def test_prototype_state_round_trips_through_torch_weights_only():
     x, y = blobs(n_per_class=6, n_classes=2)
     head = fit_prototype(x, y, n_classes=2)
-    buffer = io.BytesIO()
-    torch.save(head.to_state(), buffer)
-    buffer.seek(0)
-    restored = head_from_state("prototype", torch.load(buffer, weights_only=True))
+    restored = head_from_state("prototype", _through_torch(head.to_state()))
     assert isinstance(restored, PrototypeHead)
     np.testing.assert_array_equal(restored.predict_proba(x), head.predict_proba(x))
     with pytest.raises(ValueError, match="inconsistent"):
@@ -250,10 +252,7 @@ def test_mlp_many_equals_separate_fits():
 def test_mlp_state_round_trips_and_rejects_bad_shapes():
     x, y = blobs(n_per_class=10, n_classes=2)
     head = fit_mlp(x, y, n_classes=2, l2=1e-2)
-    buffer = io.BytesIO()
-    torch.save(head.to_state(), buffer)
-    buffer.seek(0)
-    restored = head_from_state("mlp", torch.load(buffer, weights_only=True))
+    restored = head_from_state("mlp", _through_torch(head.to_state()))
     assert isinstance(restored, MLPHead)
     np.testing.assert_allclose(restored.predict_proba(x), head.predict_proba(x), atol=1e-5)
     state = head.to_state()

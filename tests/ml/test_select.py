@@ -17,19 +17,9 @@ from app.ml.select import (
     fit_nanonet,
 )
 from app.ml.unknown import unknown_mask
-from tests.ml.conftest import blobs
+from tests.ml.conftest import CLASSIFICATION_KEYS, blobs
 
 NAMES3 = ["ants", "bees", "wasps"]
-CLASSIFICATION_KEYS = {
-    "accuracy",
-    "balanced_accuracy",
-    "log_loss",
-    "per_class",
-    "confusion_matrix",
-    "n_images",
-    "n_folds",
-    "method",
-}
 
 
 def _views(x, *, n_views=3, jitter=0.05, seed=0):
@@ -200,16 +190,19 @@ def test_calibration_error_of_known_cases():
 REAL_BACKBONES = ["mobilenet_v2", "efficientnet_lite2", "mobilenet_v2+efficientnet_lite2"]
 
 
-@pytest.fixture(scope="module")
-def hymenoptera(dataset_views):
-    train, y_train, names = dataset_views(
-        "hymenoptera", "train", REAL_BACKBONES, n_views=DEFAULT_VIEWS + 1
-    )
-    val, y_val, _ = dataset_views("hymenoptera", "val", REAL_BACKBONES)
+def _fit_on(dataset_views, name):
+    """Fit on a dataset's train split as the service does; return it with val and fit seconds."""
+    train, y_train, names = dataset_views(name, "train", REAL_BACKBONES, n_views=DEFAULT_VIEWS + 1)
+    val, y_val, _ = dataset_views(name, "val", REAL_BACKBONES)
     started = time.perf_counter()
     result = fit_nanonet(train, y_train, names)
     seconds = time.perf_counter() - started
     return train, y_train, val, y_val, names, result, seconds
+
+
+@pytest.fixture(scope="module")
+def hymenoptera(dataset_views):
+    return _fit_on(dataset_views, "hymenoptera")
 
 
 def _val_accuracy(result, val, y_val):
@@ -260,13 +253,7 @@ def test_hymenoptera_model_calls_flowers_unknown(hymenoptera, dataset_views):
 
 @pytest.mark.slow
 def test_flowers_all_images(dataset_views):
-    train, y_train, names = dataset_views(
-        "flower_photos_small", "train", REAL_BACKBONES, n_views=DEFAULT_VIEWS + 1
-    )
-    val, y_val, _ = dataset_views("flower_photos_small", "val", REAL_BACKBONES)
-    started = time.perf_counter()
-    result = fit_nanonet(train, y_train, names)
-    seconds = time.perf_counter() - started
+    _, _, val, y_val, _, result, seconds = _fit_on(dataset_views, "flower_photos_small")
     accuracy = _val_accuracy(result, val, y_val)
     print(f"flowers: {result.candidate} val {accuracy:.3f} nested "
           f"{result.metrics['accuracy']:.3f} fit {seconds:.1f}s")

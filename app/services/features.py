@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nanonet.features")
 
-CHUNK = 32
 Progress = Callable[[float], None]
 
 
@@ -55,27 +54,19 @@ def image_loader(runtime: Runtime, digest: str) -> Callable[[], PILImage.Image]:
 
 def extract(runtime: Runtime, digests: list[str], *, backbones: list[str], views: int,
             progress: Progress | None = None) -> dict[str, np.ndarray]:
-    """Return {backbone: (N, views, dim)} for the images, computing only what is not cached."""
-    from app.ml.backbones import components
+    """Return {backbone: (N, views, dim)} for the images, computing only what is not cached.
 
-    cache, settings = runtime.features, runtime.settings
+    Each missing image is decoded once per view for every backbone that lacks it, a batch at a
+    time (FeatureCache.views_for); `progress` follows the missing extractions.
+    """
+    settings = runtime.settings
     items = [(digest, image_loader(runtime, digest)) for digest in digests]
-    plain = list(dict.fromkeys(part for name in backbones for part in components(name)))
-    steps = [(name, view, start) for name in plain for view in range(views)
-             for start in range(0, len(items), CHUNK)]
-    # Plain backbones first, chunk by chunk, so progress moves and composites are cache reads.
-    for done, (name, view, start) in enumerate(steps):
-        if progress is not None:
-            progress(done / max(1, len(steps)))
-        cache.features_for(name, items[start:start + CHUNK], view=view,
-                           batch_size=settings.feature_batch_size, device=runtime.device)
+    features = runtime.features.views_for(
+        backbones, items, views=range(views), batch_size=settings.feature_batch_size,
+        device=runtime.device, progress=progress)
     if progress is not None:
         progress(1.0)
-    return {name: np.stack([cache.features_for(name, items, view=view,
-                                               batch_size=settings.feature_batch_size,
-                                               device=runtime.device)
-                            for view in range(views)], axis=1)
-            for name in backbones}
+    return features
 
 
 def run_extraction_job(runtime: Runtime, job_id: str) -> None:

@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.ml.registry import parse_backbones
+
 MiB = 1024 * 1024
-# Every training image is extracted by each candidate backbone in every view, so the default set
-# is the one worth its cost on a CPU: BACKBONES.md found Lite1 never clearly better than Lite2,
-# and Lite0 within noise of MobileNetV2 at 1.3x its cost; `all` brings them back.
-DEFAULT_CANDIDATES = ("mobilenet_v2", "efficientnet_lite2", "mobilenet_v2+efficientnet_lite2")
 
 
 class Settings(BaseSettings):
@@ -39,7 +37,7 @@ class Settings(BaseSettings):
     backbones: str = Field(
         default="auto",
         description="comma-separated candidate backbones for model selection, `auto` for the "
-                    "default set, `all` for the whole zoo (whose weights are installed)",
+                    "default set, `all` for every registered one (whose weights are installed)",
     )
     augment_views: int | None = Field(
         default=None, ge=0, le=16,
@@ -61,8 +59,15 @@ class Settings(BaseSettings):
     )
     head_cache_size: int = Field(default=256, ge=1)
     migrate_on_start: bool = Field(
-        default=True, description="apply Alembic migrations at startup (off when a migrate step runs)"
+        default=True,
+        description="apply Alembic migrations at startup (off when a migrate step runs)",
     )
+
+    @field_validator("backbones")
+    @classmethod
+    def _known_backbones(cls, value: str) -> str:
+        parse_backbones(value)  # raises ValueError naming the valid choices
+        return value.strip()
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
@@ -79,14 +84,17 @@ class Settings(BaseSettings):
 
     @property
     def candidate_backbones(self) -> list[str]:
-        """The backbones model selection may choose from, in the order given."""
-        from app.ml.backbones import CANDIDATE_BACKBONES, available_backbones, components
+        """The backbones model selection may choose from, in the order given, whose weights are
+        installed here."""
+        from app.ml.backbones import available_backbones  # imports torch: not at import time
+        from app.ml.registry import BACKBONES
 
         installed = set(available_backbones())
-        choice = self.backbones.strip()
-        names = {"auto": DEFAULT_CANDIDATES, "all": CANDIDATE_BACKBONES}.get(choice) or [
-            name.strip() for name in choice.split(",") if name.strip()]
-        return [name for name in names if set(components(name)) <= installed]
+        return [
+            name
+            for name in parse_backbones(self.backbones)
+            if set(BACKBONES[name].components) <= installed
+        ]
 
     @property
     def views(self) -> int:

@@ -1,11 +1,15 @@
-"""The full flow over HTTP against a real embedded server: create, upload train/, train, predict val/.
+"""The full flow over HTTP against a real embedded server: create, upload train/, train, predict.
 
-    .venv/bin/python bench/hymenoptera_http.py [--dataset hymenoptera] [--url http://HOST:PORT --key KEY]
+    .venv/bin/python bench/hymenoptera_http.py [--dataset hymenoptera]
+        [--url http://HOST:PORT --key KEY] [--backbones auto|all|LIST] [--json FILE]
 
 Without --url it starts `nanonet serve` on a free loopback port with a fresh data dir and
 stops it afterwards. Prints val accuracy, the cross-validated accuracy the service reported,
 upload and training wall time, and prediction throughput; --json writes them to a file.
 """
+
+# A command-line report: what it prints is its output.
+# ruff: noqa: T201
 
 from __future__ import annotations
 
@@ -15,13 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2 as httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make `bench` importable
     sys.path.insert(0, str(ROOT))
 
-from bench.server import embedded_server
+from bench.server import embedded_server  # noqa: E402
 
 DATASETS = ROOT.parent / "shared" / "datasets"
 

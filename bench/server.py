@@ -1,4 +1,5 @@
-"""One embedded `nanonet serve` for a benchmark: free loopback port, fresh data dir, own log.
+"""One embedded `nanonet serve` for a benchmark or the browser tests: free loopback port, fresh
+data dir, own log.
 
     with embedded_server({"NANONET_BACKBONES": "mobilenet_v2"}) as server:
         httpx.get(f"{server.url}/health", headers={"Authorization": f"Bearer {server.key}"})
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2 as httpx
 
 START_TIMEOUT_S = 180
 
@@ -54,7 +55,8 @@ def embedded_server(extra_env: Mapping[str, str] | None = None, *,
             process = subprocess.Popen(
                 [str(Path(sys.executable).parent / "nanonet"), "serve", "--host", "127.0.0.1",
                  "--port", str(port), "--log-level", "warning"],
-                env=env, stdout=log, stderr=subprocess.STDOUT)
+                # cwd is the data dir, so no stray .env of the developer's reaches the settings.
+                env=env, cwd=data_dir, stdout=log, stderr=subprocess.STDOUT)
             url = f"http://127.0.0.1:{port}"
             try:
                 _wait_until_healthy(url, process, log_path)
@@ -78,5 +80,6 @@ def _wait_until_healthy(url: str, process: subprocess.Popen[bytes], log_path: Pa
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             tail = log_path.read_text(errors="replace")[-3000:]
-            raise SystemExit(f"the server did not start; its log ({log_path}):\n{tail}")
+            raise RuntimeError(f"`nanonet serve` did not become healthy; its log ({log_path}):"
+                               f"\n{tail}")
         time.sleep(0.3)

@@ -8,18 +8,9 @@ import math
 import numpy as np
 from PIL import Image, ImageEnhance
 
-# Augmented views per training image (view 0, the eval view, comes on top). Measured with
-# fit_nanonet over the five candidate backbones, val accuracy for K = 0 / 1 / 2 / 4 / 6:
-#   flowers, all 17/class:      0.78 / 0.84 / 0.90 / 0.88 / 0.88   (one val image = 0.02)
-#   flowers, 5/class (3 seeds): 0.747 / 0.753 / 0.753 / 0.760 / 0.753
-#   ants/bees, all:             0.967 / 0.954 / 0.961 / 0.980 / 0.948 (one image = 0.0065)
-#   ants/bees, 5/class:         0.948 / 0.956 / 0.946 / 0.948 / 0.948
-# and with a fixed head (logistic on MobileNetV2 + Lite2) flowers val went 0.86 -> 0.90 from
-# K = 0 to 1-4, while 4x5-fold CV accuracy stayed within +-0.01 on both sets for every K. So
-# the gain is small and mostly noise-level, and it is not free: each view is one more full
-# backbone pass per image per backbone (~0.6 s per image per view for all four networks here,
-# eager, one thread), and selection time grows with the rows (ants/bees: 10 / 17 / 25 / 43 s).
-# K = 2 is where the flowers figure peaked; more views never helped.
+# Augmented views per training image (view 0, the eval view, comes on top). The gain is small
+# and each view costs one more backbone pass per image and backbone; 2 is where val accuracy
+# peaked and more never helped (docs/EXPERIMENTS.md, "Augmented views").
 DEFAULT_VIEWS = 2
 
 CROP_SCALE = (0.5, 1.0)  # fraction of the image area kept by the random resized crop
@@ -61,7 +52,7 @@ def augment(image: Image.Image, *, image_hash: str, view: int) -> Image.Image:
     if flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     for enhancer, factor in zip(
-        (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color), factors
+        (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color), factors, strict=True
     ):
         out = enhancer(out).enhance(float(factor))
     return out

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from app.ml.augment import augment
-from app.ml.backbones import components, get_spec
+from app.ml.backbones import components, get_network
 from app.ml.features import assemble, extract_features
 from app.storage import atomic_writer
 
@@ -64,6 +64,15 @@ class FeatureCache:
         with atomic_writer(path) as handle:
             np.save(handle, vector, allow_pickle=False)
 
+    def discard(self, image_hash: str) -> int:
+        """Delete every cached vector of an image (all backbones, all views); return how many."""
+        _check_component(image_hash, "image hash")
+        removed = 0
+        for path in self.root.glob(f"*/*/{image_hash[:2]}/{image_hash}.npy"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
     def features_for(
         self,
         backbone: str,
@@ -103,7 +112,7 @@ class FeatureCache:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         views = [_check_view(view) for view in views]
         plain = list(dict.fromkeys(part for name in backbones for part in components(name)))
-        dims = {name: get_spec(name).dim for name in plain}
+        dims = {name: get_network(name).dim for name in plain}
         found = {
             name: np.empty((len(items), len(views), dims[name]), dtype=np.float32)
             for name in plain
@@ -131,7 +140,7 @@ class FeatureCache:
             plans.append(plan)
         total = sum(len(m) for plan in plans for _, _, m in plan.values())
         done = 0
-        for v, (view, plan) in enumerate(zip(views, plans)):
+        for v, (view, plan) in enumerate(zip(views, plans, strict=True)):
             hashes = [h for h, (_, _, missing) in plan.items() if missing]
             # Load images one batch at a time so a large upload never sits decoded in memory.
             for start in range(0, len(hashes), batch_size):
@@ -144,7 +153,7 @@ class FeatureCache:
                     vectors = extract_features(
                         name, [images[h] for h in needed], batch_size=batch_size, device=device
                     )
-                    for image_hash, vector in zip(needed, vectors):
+                    for image_hash, vector in zip(needed, vectors, strict=True):
                         self.put(image_hash, name, vector, view=view)
                         found[name][plan[image_hash][0], v] = vector
                     done += len(needed)

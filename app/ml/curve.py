@@ -12,9 +12,8 @@ Both use the same curve, so they are directly comparable.
 Each point also carries n_images, the number of distinct images scored (the folds' validation
 parts cover the whole set), which fit_curve uses to smooth perfect scores on tiny sets.
 
-Cost: learning_curve calls fit_predict at most MAX_FITS times (see _plan). Measured on the
-ants/bees set with EfficientNet-Lite2 features (fit_logistic, 10 images per class), a curve
-is 65 calls; the 10 -> 40 images-per-class projection was within 0.03 of the measured accuracy.
+Cost: learning_curve calls fit_predict at most MAX_FITS times (see _plan). How close the
+projections come to measured accuracy: docs/EXPERIMENTS.md, "Learning curve".
 """
 
 from __future__ import annotations
@@ -34,9 +33,9 @@ rows; the caller closes over features, labels and the chosen backbone and head, 
 stays model-agnostic. Column j is the probability of label value j.
 """
 
-# At 10-100 ms per fit_predict call this caps a learning curve at about 1.5-15 s. Plans above it
-# first lose repeats (the folds still give a spread), then sizes (see _plan). The floor is two
-# sizes with one draw per fold, so the cap holds for any max_folds <= MAX_FITS // 2.
+# Keeps a learning curve to seconds, not minutes. Plans above it first lose repeats (the folds
+# still give a spread), then sizes (see _plan). The floor is two sizes with one draw per fold,
+# so the cap holds for any max_folds <= MAX_FITS // 2.
 MAX_FITS = 150
 
 # Sizes ladder: about x1.6 per step, with round numbers a user recognises (1.3 gives 1 at the

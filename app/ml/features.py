@@ -11,7 +11,7 @@ from PIL import Image
 from app.ml.backbones import (
     component_weights,
     components,
-    get_spec,
+    get_network,
     load_backbone,
     preprocess,
 )
@@ -34,15 +34,15 @@ def extract_features(
         return extract_features_many([backbone], images, batch_size=batch_size, device=device)[
             backbone
         ]
-    spec = get_spec(backbone)
-    out = np.empty((len(images), spec.dim), dtype=np.float32)
+    network = get_network(backbone)
+    out = np.empty((len(images), network.dim), dtype=np.float32)
     if not images:
         return out
     model = load_backbone(backbone, device)
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            batch = torch.stack([preprocess(spec, image) for image in chunk]).to(device)
+            batch = torch.stack([preprocess(network, image) for image in chunk]).to(device)
             out[start : start + len(chunk)] = model(batch).float().cpu().numpy()
     return out
 
@@ -72,6 +72,8 @@ def assemble(name: str, blocks: Mapping[str, np.ndarray]) -> np.ndarray:
     if len(parts) == 1:
         return blocks[parts[0]]
     weights = component_weights(name)
-    return np.concatenate(
-        [blocks[part] * np.float32(weight) for part, weight in zip(parts, weights)], axis=-1
-    )
+    scaled = [
+        blocks[part] * np.float32(weight)
+        for part, weight in zip(parts, weights, strict=True)
+    ]
+    return np.concatenate(scaled, axis=-1)

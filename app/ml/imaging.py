@@ -1,4 +1,4 @@
-"""The one decode path shared by training uploads and prediction: untrusted bytes -> bounded RGB image.
+"""The one decode path shared by training uploads and prediction: untrusted bytes -> bounded RGB.
 
 Only stdlib, Pillow and numpy: this module must not know about the web, DB or worker layers.
 """
@@ -61,7 +61,7 @@ def decode_image(
     max_pixels: int = 40_000_000,
     max_side: int = 1024,
 ) -> DecodedImage:
-    """Return the upright 8-bit RGB first frame of `data`, downscaled to `max_side`; raise ImageRejected."""
+    """Return the upright 8-bit RGB first frame, long side <= max_side; raise ImageRejected."""
     if not data:
         raise ImageRejected(
             "empty_file", f"The file is empty (0 bytes); {_FORMAT_HINT}.", status=400
@@ -72,8 +72,9 @@ def decode_image(
             f"The file is {len(data) / _MIB:.1f} MB; the limit is {max_bytes / _MIB:g} MB.",
             status=413,
         )
-    # Pillow reports malformed input through UserWarnings, and warns about big images before our own
-    # (lower) pixel cap can reject them; the outcome here is a result or ImageRejected, never a warning.
+    # Pillow reports malformed input through UserWarnings, and warns about big images before our
+    # own (lower) pixel cap can reject them; the outcome here is a result or ImageRejected, never
+    # a warning.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.simplefilter("ignore", UserWarning)
@@ -101,13 +102,14 @@ def decode_image(
 def center_crop_resize(
     image: Image.Image, *, size: int, crop_pct: float, resample: int
 ) -> Image.Image:
-    """Return a size x size crop equal to Resize(size / crop_pct) + CenterCrop(size); raise ValueError."""
+    """Return the size x size crop Resize(size / crop_pct) + CenterCrop(size) gives; ValueError."""
     if size < 1 or not 0.0 < crop_pct <= 1.0:
         raise ValueError(f"need size >= 1 and 0 < crop_pct <= 1, got {size=}, {crop_pct=}")
     w, h = image.size
-    # Resize scales the shorter side to size / crop_pct, and CenterCrop keeps `size` of those pixels,
-    # so the kept square is crop_pct of the shorter side in source pixels. Cropping with `box=` in
-    # the same resize never builds the (possibly enormous) intermediate and never rounds a side to 0.
+    # Resize scales the shorter side to size / crop_pct, and CenterCrop keeps `size` of those
+    # pixels, so the kept square is crop_pct of the shorter side in source pixels. Cropping with
+    # `box=` in the same resize never builds the (possibly enormous) intermediate and never rounds
+    # a side to 0.
     side = min(w, h) * crop_pct
     left, top = (w - side) / 2, (h - side) / 2
     box = (left, top, left + side, top + side)
@@ -192,7 +194,7 @@ def _load_upright(img: Image.Image, max_side: int) -> bool:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Return `img` as 8-bit RGB, alpha composited over BACKGROUND and high bit depths scaled down."""
+    """Return `img` as 8-bit RGB, alpha composited over BACKGROUND, high bit depths scaled down."""
     mode = img.mode
     if mode.startswith("I") or mode == "F":
         pixels = np.asarray(img)

@@ -13,11 +13,6 @@ from app.ml.heads import Head
 from app.ml.unknown import unknown_mask
 
 
-def predict_proba(head: Head, features: np.ndarray) -> np.ndarray:
-    """Return (N, n_classes) probabilities; raise ValueError on a feature dimension mismatch."""
-    return head.predict_proba(features)
-
-
 def classify(
     head: Head,
     meta: dict[str, Any],
@@ -54,5 +49,6 @@ def top_predictions(
     # A stable sort keeps label order among equal probabilities, so output is reproducible.
     order = np.argsort(-probabilities, axis=1, kind="stable")
     return [
-        [(labels[j], float(row[j])) for j in ranked] for row, ranked in zip(probabilities, order)
+        [(labels[j], float(row[j])) for j in ranked]
+        for row, ranked in zip(probabilities, order, strict=True)
     ]

@@ -8,15 +8,11 @@ from typing import Any
 import numpy as np
 
 METHOD = "max_prototype_cosine"
-# Share of the user's own images, scored out of fold, that the threshold calls unknown. 3 %
-# rather than 5 %: new photos are a little less typical than cross-validation suggests. On
-# ants/bees (Lite2), 5 % out of fold flagged 9.8 % of the val images; 3 % flagged 7.2 % of them
-# and 82 % of the flower photos (5 %: 89 % of the flowers).
+# Share of the user's own images, scored out of fold, that the threshold calls unknown: below
+# the usual 5 % because new photos are a little less typical than cross-validation suggests
+# (docs/EXPERIMENTS.md, "Unknown images"). Which backbone's features the detector uses is the
+# registry's choice (registry.unknown_detector).
 QUANTILE = 0.03
-# Which features separate "unlike every category" best, when they are among those passed: on
-# ants/bees vs flower photos at the same 5 % quantile, Lite2 called 89 % of flowers unknown,
-# Lite1 76 %, Lite0 72 %, MobileNetV2 + Lite2 67 %, MobileNetV2 63 %.
-PREFERRED_BACKBONE = "efficientnet_lite2"
 
 
 def calibrate_unknown(
@@ -85,8 +81,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def _prototypes(features: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Return unit mean directions of each present class's unit feature vectors."""
     # Not centred, unlike the heads: centring on the training mean makes two class prototypes
-    # nearly opposite, so anything far along the ants-bees axis looks familiar (centred
-    # prototypes called 16-53 % of flower photos unknown, uncentred 63-89 %).
+    # nearly opposite, so anything far along the ants-bees axis looks familiar
+    # (docs/EXPERIMENTS.md, "Unknown images").
     z = _unit(features)
     present = [c for c in range(n_classes) if (labels == c).any()]
     return _unit(np.stack([z[labels == c].mean(axis=0) for c in present]))

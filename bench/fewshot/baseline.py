@@ -1,4 +1,4 @@
-"""Method `baseline_lr`: the first version's head, in-process: Lite2 view-0 features + train_head."""
+"""Method `baseline_lr`: the first version's head, in-process: Lite2 view-0 features, train_head."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class BaselineLR:
         return out
 
     def run(self, dataset: Dataset, train: list[Sample], *, seed: int, tag: str) -> dict[str, Any]:
-        from app.ml.evaluate import train_head
+        from bench.fewshot.reference_head import train_head
 
         misses = sum(not self._cached(s) for s in {s.sha256: s for s in train}.values())
         started = time.perf_counter()

@@ -50,7 +50,9 @@ class Dataset:
 
         train, val = split("train"), split("val")
         if not train or set(train) != set(val):
-            raise SystemExit(f"{root}: expected train/<class>/ and val/<class>/ with the same classes")
+            raise SystemExit(
+                f"{root}: expected train/<class>/ and val/<class>/ with the same classes"
+            )
         return cls(name=root.name, classes=list(train), train=train,
                    val=[s for label in train for s in val[label]])
 

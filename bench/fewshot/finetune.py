@@ -86,7 +86,9 @@ class FineTune:
                 part = dataset.val[start:start + EVAL_BATCH]
                 inputs = torch.stack([self.val_tf(s.decode()) for s in part])
                 predicted = model(inputs).argmax(dim=1).tolist()
-                correct += sum(dataset.classes[p] == s.label for p, s in zip(predicted, part))
+                correct += sum(
+                    dataset.classes[p] == s.label for p, s in zip(predicted, part, strict=True)
+                )
         predict_s = time.perf_counter() - started
         return {
             "val_accuracy": correct / len(dataset.val),

@@ -6,12 +6,13 @@ selection, `metrics.head`, `GET /models/{id}/metrics`) are read defensively: abs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2 as httpx
 
 from bench.fewshot.data import Dataset, Sample
 
@@ -87,10 +88,8 @@ class NanoNetHTTP:
         try:
             return self._flow(dataset, train, model_id, new_images)
         finally:
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 self.client.delete(f"/api/v1/models/{model_id}")
-            except httpx.HTTPError:
-                pass
 
     def _flow(self, dataset: Dataset, train: list[Sample], model_id: str,
               new_images: int) -> dict[str, Any]:
@@ -140,7 +139,7 @@ class NanoNetHTTP:
             results = response.json()["results"]
             if len(results) != len(part):
                 raise RuntimeError(f"predict returned {len(results)} results for {len(part)} files")
-            for sample, result in zip(part, results):
+            for sample, result in zip(part, results, strict=True):
                 total += 1
                 if result.get("status", "ok") != "ok":
                     rejected += 1

@@ -9,6 +9,9 @@ seed, the same k images per class (drawn from train/) go to every method, and ea
 scored on the dataset's whole val/ split, which is never used for any choice. See README.md here.
 """
 
+# A command-line report: what it prints is its output.
+# ruff: noqa: T201
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script: make `app` and `bench` importable
     sys.path.insert(0, str(ROOT))
 
-from bench.fewshot.data import DATASETS, Dataset
+from bench.fewshot.data import DATASETS, Dataset  # noqa: E402
 
 METHODS = ("nanonet", "baseline_lr", "finetune")
 WARMUP_DATASET = "customvision_trees"

@@ -10,42 +10,37 @@ from PIL import Image
 
 from app.ml import backbones
 from app.ml.backbones import (
-    BACKBONES,
-    DEFAULT_BACKBONE,
     BackboneUnavailable,
     available_backbones,
+    get_network,
     get_spec,
     load_backbone,
     preprocess,
 )
+from app.ml.registry import BACKBONES
 from tests.ml.conftest import DATASETS, dataset_rows
 
+NETWORKS = ["mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
-def test_registry_describes_the_four_wheel_backbones():
-    assert set(BACKBONES) == {
-        "mobilenet_v2",
-        "efficientnet_lite0",
-        "efficientnet_lite1",
-        "efficientnet_lite2",
-    }
-    assert DEFAULT_BACKBONE in BACKBONES
-    sizes = {name: spec.input_size for name, spec in BACKBONES.items()}
+
+def test_registry_describes_the_four_wheel_networks():
+    sizes = {name: get_network(name).input_size for name in NETWORKS}
     assert sizes == {
         "mobilenet_v2": 224,
         "efficientnet_lite0": 224,
         "efficientnet_lite1": 240,
         "efficientnet_lite2": 260,
     }
-    for name, spec in BACKBONES.items():
-        assert spec.name == name and spec.dim == 1280 and len(spec.weights_sha256) == 64
+    for name in NETWORKS:
+        network = get_network(name)
+        assert network.dim == 1280 and len(network.weights_sha256) == 64
         # The resize before the centre crop is the TF/torchvision one: 256 for 224, size + 32.
-        assert round(spec.input_size / spec.crop_pct) == spec.input_size + 32
-    assert BACKBONES["mobilenet_v2"].resample == Image.Resampling.BILINEAR
-    assert BACKBONES["efficientnet_lite2"].resample == Image.Resampling.BICUBIC
-    assert BACKBONES["efficientnet_lite0"].mean == (0.5, 0.5, 0.5)
-    order = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-    costs = [BACKBONES[name].relative_cost for name in order]
-    assert costs == sorted(costs) and costs[0] == 1.0
+        assert round(network.input_size / network.crop_pct) == network.input_size + 32
+    assert get_network("mobilenet_v2").resample == "bilinear"
+    assert get_network("mobilenet_v2").mean == (0.485, 0.456, 0.406)
+    assert get_network("efficientnet_lite2").resample == "bicubic"
+    assert get_network("efficientnet_lite0").mean == get_network("efficientnet_lite0").std == (
+        0.5, 0.5, 0.5)
 
 
 def test_unknown_backbone_names_the_choices():
@@ -55,8 +50,8 @@ def test_unknown_backbone_names_the_choices():
         load_backbone("resnet50")
 
 
-def test_all_backbones_are_installed_here():
-    assert available_backbones() == list(BACKBONES)
+def test_all_networks_are_installed_here():
+    assert available_backbones() == NETWORKS
 
 
 def test_missing_weight_package_is_reported_with_the_install_command(monkeypatch):
@@ -74,8 +69,9 @@ def test_missing_weight_package_is_reported_with_the_install_command(monkeypatch
 
 
 def test_weights_with_the_wrong_hash_are_refused(monkeypatch):
-    spec = dataclasses.replace(BACKBONES["efficientnet_lite0"], weights_sha256="0" * 64)
-    monkeypatch.setitem(BACKBONES, "efficientnet_lite0", spec)
+    spec = BACKBONES["efficientnet_lite0"]
+    network = dataclasses.replace(spec.network, weights_sha256="0" * 64)
+    monkeypatch.setitem(BACKBONES, "efficientnet_lite0", dataclasses.replace(spec, network=network))
     monkeypatch.setattr(backbones, "_models", {})
     with pytest.raises(BackboneUnavailable, match="SHA-256"):
         load_backbone("efficientnet_lite0")
@@ -110,22 +106,22 @@ def test_concurrent_first_loads_build_the_model_once(monkeypatch):
 @pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite2"])
 @pytest.mark.parametrize("size", [(500, 333), (1, 1), (40, 4000)])
 def test_preprocess_gives_a_normalised_square_tensor(name, size):
-    spec = get_spec(name)
-    tensor = preprocess(spec, Image.new("RGB", size, (255, 255, 255)))
-    assert tensor.shape == (3, spec.input_size, spec.input_size)
+    network = get_network(name)
+    tensor = preprocess(network, Image.new("RGB", size, (255, 255, 255)))
+    assert tensor.shape == (3, network.input_size, network.input_size)
     assert tensor.dtype == torch.float32
-    expected = (1.0 - np.array(spec.mean)) / np.array(spec.std)
+    expected = (1.0 - np.array(network.mean)) / np.array(network.std)
     np.testing.assert_allclose(tensor.mean(dim=(1, 2)).numpy(), expected, rtol=1e-5)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(BACKBONES))
+@pytest.mark.parametrize("name", NETWORKS)
 def test_each_backbone_loads_strictly_and_gives_pooled_features(name):
     model = load_backbone(name)  # load_state_dict(strict=True) inside
     assert model is load_backbone(name)
     assert not model.training
-    spec = get_spec(name)
-    x = torch.stack([preprocess(spec, Image.new("RGB", (300, 200), c)) for c in ("red", "blue")])
+    network = get_network(name)
+    x = torch.stack([preprocess(network, Image.new("RGB", (300, 200), c)) for c in ("red", "blue")])
     with torch.inference_mode():
         features = model(x)
     assert features.shape == (2, 1280)
@@ -139,50 +135,35 @@ def test_mobilenet_v2_recognises_bees_and_ants():
     path = backbones.weights_path("mobilenet_v2")
     state = torch.load(path, map_location="cpu", weights_only=True)
     classifier_w, classifier_b = state["classifier.1.weight"], state["classifier.1.bias"]
-    model, spec = load_backbone("mobilenet_v2"), get_spec("mobilenet_v2")
+    model, network = load_backbone("mobilenet_v2"), get_network("mobilenet_v2")
     rows = [r for r in dataset_rows("hymenoptera", "val") if r["label"] == "bees"][:2]
     rows += [r for r in dataset_rows("hymenoptera", "val") if r["label"] == "ants"][:2]
     images = []
     for row in rows:
         with Image.open(DATASETS / "hymenoptera" / row["path"]) as image:
-            images.append(preprocess(spec, image.convert("RGB")))
+            images.append(preprocess(network, image.convert("RGB")))
     with torch.inference_mode():
         logits = model(torch.stack(images)) @ classifier_w.T + classifier_b
     top5 = logits.topk(5, dim=1).indices.tolist()
-    for row, classes in zip(rows, top5):
+    for row, classes in zip(rows, top5, strict=True):
         assert {309, 310} & set(classes), f"{row['path']}: top-5 ImageNet classes {classes}"
 
 
 def test_composites_are_their_components_side_by_side():
     name = "mobilenet_v2+efficientnet_lite2"
-    assert backbones.COMPOSITES[name] == ("mobilenet_v2", "efficientnet_lite2")
     assert backbones.components(name) == ("mobilenet_v2", "efficientnet_lite2")
     assert backbones.components("efficientnet_lite0") == ("efficientnet_lite0",)
-    assert backbones.feature_dim(name) == 2560
-    assert backbones.feature_dim("mobilenet_v2") == 1280
-    assert backbones.cost(name) == pytest.approx(
-        BACKBONES["mobilenet_v2"].relative_cost + BACKBONES["efficientnet_lite2"].relative_cost
-    )
-    assert backbones.cost("mobilenet_v2") == 1.0
     # Each block is scaled to a comparable length; a plain backbone is left alone.
     weights = backbones.component_weights(name)
     assert len(weights) == 2 and weights[0] < weights[1]
     assert backbones.component_weights("efficientnet_lite2") == (1.0,)
 
 
-def test_candidate_backbones_are_known_and_installed():
-    assert backbones.CANDIDATE_BACKBONES == (
-        "mobilenet_v2",
-        "efficientnet_lite0",
-        "efficientnet_lite1",
-        "efficientnet_lite2",
-        "mobilenet_v2+efficientnet_lite2",
-    )
-    assert backbones.available_candidates() == list(backbones.CANDIDATE_BACKBONES)
-
-
 def test_a_composite_is_not_a_single_network():
+    assert get_spec("mobilenet_v2+efficientnet_lite2").network is None
     with pytest.raises(BackboneUnavailable, match="composite"):
-        get_spec("mobilenet_v2+efficientnet_lite2")
+        get_network("mobilenet_v2+efficientnet_lite2")
+    with pytest.raises(BackboneUnavailable, match="composite"):
+        load_backbone("mobilenet_v2+efficientnet_lite2")
     with pytest.raises(BackboneUnavailable):
         backbones.components("resnet50")

@@ -25,6 +25,22 @@ def test_put_then_get_round_trips_in_the_documented_layout(tmp_path):
     assert cache.get(HASH, "efficientnet_lite2") is None
 
 
+def test_discard_removes_every_backbone_and_view_of_one_image_only(tmp_path):
+    cache = FeatureCache(tmp_path)
+    other = "ab" + "1" * 62  # same fan-out folder
+    for backbone in ("mobilenet_v2", "efficientnet_lite2"):
+        for view in (0, 2):
+            cache.put(HASH, backbone, np.ones(4), view=view)
+            cache.put(other, backbone, np.ones(4), view=view)
+    assert cache.discard(HASH) == 4
+    assert all(cache.get(HASH, b, view=v) is None
+               for b in ("mobilenet_v2", "efficientnet_lite2") for v in (0, 2))
+    assert cache.get(other, "efficientnet_lite2", view=2) is not None
+    assert cache.discard(HASH) == 0
+    with pytest.raises(ValueError):
+        cache.discard("../" + HASH)
+
+
 @pytest.mark.parametrize("content", [b"", b"garbage", b"\x93NUMPY\x01\x00v\x00{'descr'"])
 def test_corrupt_files_are_misses(tmp_path, content):
     cache = FeatureCache(tmp_path)

@@ -116,7 +116,7 @@ def test_less_than_a_decade_of_sizes_fixes_the_exponent():
 def test_two_or_three_points_fit_with_a_fixed_exponent(n_points):
     points = [
         {"images_per_class": n, "accuracy": acc, "std": 0.0, "n_evaluations": 5}
-        for n, acc in list(zip((1, 4, 16), (0.6, 0.8, 0.9)))[:n_points]
+        for n, acc in list(zip((1, 4, 16), (0.6, 0.8, 0.9), strict=True))[:n_points]
     ]
     fitted = fit_curve(points)
     assert fitted["c"] == DEFAULT_C

@@ -86,9 +86,9 @@ def test_a_composite_concatenates_weighted_components(fake_backbone):
 
 
 def test_classify_runs_each_network_once_and_flags_unknowns(fake_backbone):
+    from app.ml.evaluate import stratified_folds
     from app.ml.heads import fit_prototype
     from app.ml.predict import classify
-    from app.ml.select import _stratified_folds
     from app.ml.unknown import calibrate_unknown
 
     images = _images(10)
@@ -97,7 +97,7 @@ def test_classify_runs_each_network_once_and_flags_unknowns(fake_backbone):
     lite = extract_features("efficientnet_lite2", images)
     y = np.arange(10) % 2
     head = fit_prototype(x, y, n_classes=2)
-    folds = _stratified_folds(y, np.arange(10), n_splits=5, seed=0)
+    folds = stratified_folds(y, np.arange(10), n_splits=5, seed=0)
     detector = calibrate_unknown(lite, y, folds=folds, n_classes=2, backbone="efficientnet_lite2")
     fake_backbone.batches.clear()
     probs, unknown = classify(head, {"backbone": name, "unknown": detector}, images)

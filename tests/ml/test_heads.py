@@ -3,23 +3,20 @@ import io
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
 
-from app.ml import heads as heads_module
 from app.ml.heads import (
     DEFAULT_TEMPERATURE,
     FEATURE_SCALE,
     LogisticHead,
-    MLPHead,
     PrototypeHead,
     fit_logistic,
     fit_logistic_many,
-    fit_mlp,
-    fit_mlp_many,
     fit_prototype,
     head_from_state,
     normalise,
 )
-from app.ml.predict import predict_proba, top_predictions
+from app.ml.predict import top_predictions
 from tests.ml.conftest import blobs
 
 
@@ -72,25 +69,59 @@ def test_class_absent_from_training_gets_low_probability():
     assert head.predict_proba(x)[:, 2].max() < 0.05
 
 
-def test_fit_many_matches_separate_fits():
+def _sklearn_reference(x, y, *, n_classes, l2):
+    """Return (weight, bias) of scikit-learn's multinomial logistic regression on the same
+    objective: mean cross-entropy + l2/2 ||W||^2 (bias free) on FEATURE_SCALE * normalise(x)."""
+    z = FEATURE_SCALE * normalise(x, x.astype(np.float64).mean(axis=0))
+    # sklearn minimises C * sum(cross-entropy) + 1/2 ||W||^2, the same optimum for C = 1/(n l2).
+    reference = LogisticRegression(C=1.0 / (len(y) * l2), tol=1e-10, max_iter=10_000)
+    reference.fit(z, y)
+    assert reference.coef_.shape == (n_classes, x.shape[1])  # multinomial, every class present
+    return reference.coef_, reference.intercept_
+
+
+def _assert_matches_reference(head, x, y, *, n_classes, l2):
+    weight, bias = _sklearn_reference(x, y, n_classes=n_classes, l2=l2)
+    np.testing.assert_allclose(head.weight, weight, atol=2e-3 * np.abs(weight).max())
+    # Softmax ignores a shift shared by every bias; both solvers keep the sum at zero.
+    np.testing.assert_allclose(head.bias - head.bias.mean(), bias - bias.mean(), atol=3e-3)
+    z = FEATURE_SCALE * normalise(x, head.mean)
+    logits = z @ weight.T + bias
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(head.predict_proba(x), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(("n_per_class", "l2"), [(8, 1e-2), (30, 1e-3), (30, 3e-2)])
+def test_fit_logistic_solves_the_documented_objective(n_per_class, l2):
+    # 8 per class x 3 classes < 64 dims runs the row-space shortcut, 30 per class does not.
+    x, y = blobs(n_per_class=n_per_class, n_classes=3, spread=1.5, seed=1)
+    head = fit_logistic(x, y, n_classes=3, l2=l2)
+    _assert_matches_reference(head, x, y, n_classes=3, l2=l2)
+
+
+def test_fit_logistic_many_solves_each_problem_on_its_own_rows():
     x, y = blobs(n_per_class=25, n_classes=3, spread=1.5, seed=1)
-    rng = np.random.default_rng(0)
-    masks = rng.random((3, len(y))) < 0.7
-    problems = [(0, 1e-2), (1, 1e-2), (2, 1e-2)]
+    masks = np.random.default_rng(0).random((3, len(y))) < 0.7
+    problems = [(0, 1e-2), (1, 1e-2), (2, 3e-3), (0, 3e-2)]
     joint = fit_logistic_many(x, y, masks, problems, n_classes=3)
-    for (fold, l2), head in zip(problems, joint):
-        alone = fit_logistic(x[masks[fold]], y[masks[fold]], n_classes=3, l2=l2)
-        np.testing.assert_allclose(head.mean, alone.mean)
-        np.testing.assert_allclose(head.predict_proba(x), alone.predict_proba(x), atol=2e-3)
+    for (fold, l2), head in zip(problems, joint, strict=True):
+        rows = masks[fold]
+        np.testing.assert_allclose(head.mean, x[rows].mean(axis=0, dtype=np.float64))
+        _assert_matches_reference(head, x[rows], y[rows], n_classes=3, l2=l2)
 
 
-def test_fit_many_without_row_space_shortcut_agrees():
-    # More rows than dimensions skips the row-space basis; both paths must solve the same problem.
-    x, y = blobs(n_per_class=40, n_classes=2, dim=16, spread=2.0)
-    wide = fit_logistic(x[:10], y[:10], n_classes=2, l2=1e-2)  # 10 rows < 16 dims: basis path
-    tall = fit_logistic(x, y, n_classes=2, l2=1e-2)
-    assert wide.weight.shape == tall.weight.shape == (2, 16)
-    assert (tall.predict_proba(x).argmax(axis=1) == y).mean() > 0.9
+def test_fit_with_and_without_row_space_shortcut_agree_on_the_same_rows():
+    # The same 20 rows in 32 dimensions: alone they take the row-space basis (20 < 32); as a mask
+    # over 60 rows they do not (60 >= 32). Both must solve the same problem.
+    x, y = blobs(n_per_class=20, n_classes=3, dim=32, spread=2.0)
+    rows = np.zeros(len(y), dtype=bool)
+    rows[np.concatenate([np.flatnonzero(y == c)[:7] for c in range(3)])] = True
+    shortcut = fit_logistic(x[rows], y[rows], n_classes=3, l2=1e-2)
+    direct = fit_logistic_many(x, y, rows[None], [(0, 1e-2)], n_classes=3)[0]
+    np.testing.assert_allclose(shortcut.mean, direct.mean)
+    np.testing.assert_allclose(shortcut.weight, direct.weight, atol=1e-3)
+    np.testing.assert_allclose(shortcut.predict_proba(x), direct.predict_proba(x), atol=5e-4)
 
 
 @pytest.mark.parametrize(
@@ -127,17 +158,20 @@ def test_state_round_trips_through_torch_weights_only():
 
 
 def test_from_state_rejects_inconsistent_shapes():
-    state = LogisticHead(np.zeros(4), np.zeros((2, 4)), np.zeros(3), 10.0).to_state()
+    state = LogisticHead(np.zeros(4), np.zeros((2, 4)), np.zeros(2), 10.0).to_state()
+    state["bias"] = torch.zeros(3)
     with pytest.raises(ValueError, match="inconsistent"):
         LogisticHead.from_state(state)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a saved LogisticHead"):
         LogisticHead.from_state({"mean": [0.0]})
+    with pytest.raises(ValueError, match="inconsistent"):
+        LogisticHead(np.zeros(4), np.zeros((2, 4)), np.zeros(3), 10.0)
 
 
 def test_predict_rejects_wrong_dimension():
     head = LogisticHead(np.zeros(4), np.zeros((2, 4)), np.zeros(2), 10.0)
     with pytest.raises(ValueError, match=r"\(N, 4\)"):
-        predict_proba(head, np.zeros((1, 5)))
+        head.predict_proba(np.zeros((1, 5)))
 
 
 def test_top_predictions_sorts_every_label_by_probability():
@@ -168,7 +202,7 @@ def test_prototype_head_separates_blobs_with_a_fitted_temperature():
     x, y = blobs(n_per_class=12, n_classes=3, spread=1.5)
     head = fit_prototype(x, y, n_classes=3)
     probs = head.predict_proba(x)
-    assert head.kind == "prototype" and head.n_classes == 3
+    assert head.kind == "prototype" and head.prototypes.shape == (3, 64)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
     assert (probs.argmax(axis=1) == y).mean() >= 0.95
     np.testing.assert_allclose(np.linalg.norm(head.prototypes, axis=1), 1.0)
@@ -225,46 +259,13 @@ def test_prototype_state_round_trips_through_torch_weights_only():
         head.predict_proba(x[:, :10])
 
 
-# --- MLP head -------------------------------------------------------------------------------
-
-
-def test_mlp_fits_blobs_and_is_deterministic_for_a_seed():
-    x, y = blobs(n_per_class=20, n_classes=3, spread=1.0)
-    a = fit_mlp(x, y, n_classes=3, l2=1e-3, seed=5)
-    b = fit_mlp(x, y, n_classes=3, l2=1e-3, seed=5)
-    c = fit_mlp(x, y, n_classes=3, l2=1e-3, seed=6)
-    assert a.kind == "mlp" and a.n_classes == 3
-    assert (a.predict_proba(x).argmax(axis=1) == y).mean() >= 0.95
-    np.testing.assert_array_equal(a.w1, b.w1)
-    assert not np.array_equal(a.w1, c.w1)
-    assert a.w1.shape == (heads_module.MLP_HIDDEN, 64)
-
-
-def test_mlp_many_equals_separate_fits():
-    x, y = blobs(n_per_class=15, n_classes=2, spread=1.5, seed=2)
-    masks = np.random.default_rng(1).random((3, len(y))) < 0.7
-    joint = fit_mlp_many(x, y, masks, n_classes=2, l2=1e-3, seed=0)
-    for mask, head in zip(masks, joint):
-        alone = fit_mlp(x[mask], y[mask], n_classes=2, l2=1e-3, seed=0)
-        np.testing.assert_allclose(head.predict_proba(x), alone.predict_proba(x), atol=1e-5)
-
-
-def test_mlp_state_round_trips_and_rejects_bad_shapes():
-    x, y = blobs(n_per_class=10, n_classes=2)
-    head = fit_mlp(x, y, n_classes=2, l2=1e-2)
-    restored = head_from_state("mlp", _through_torch(head.to_state()))
-    assert isinstance(restored, MLPHead)
-    np.testing.assert_allclose(restored.predict_proba(x), head.predict_proba(x), atol=1e-5)
-    state = head.to_state()
-    state["b2"] = torch.zeros(5)
-    with pytest.raises(ValueError, match="inconsistent"):
-        MLPHead.from_state(state)
-    with pytest.raises(ValueError):
-        fit_mlp(x, y, n_classes=2, l2=0.0)
-
-
 def test_head_from_state_dispatches_on_kind():
     head = LogisticHead(np.zeros(4), np.zeros((2, 4)), np.zeros(2), 10.0)
     assert isinstance(head_from_state("logistic", head.to_state()), LogisticHead)
     with pytest.raises(ValueError, match="unknown head kind"):
         head_from_state("forest", head.to_state())
+
+
+def test_a_retired_mlp_head_asks_for_retraining():
+    with pytest.raises(ValueError, match="MLP.*retrain"):
+        head_from_state("mlp", {"mean": torch.zeros(4)})

@@ -99,7 +99,7 @@ def scene(w: int, h: int) -> Image.Image:
 
 def assert_valid(result: DecodedImage, max_side: int = 1024) -> None:
     assert result.image.mode == "RGB"
-    assert 1 <= min(result.image.size) and max(result.image.size) <= max_side
+    assert min(result.image.size) >= 1 and max(result.image.size) <= max_side
     assert result.width >= 1 and result.height >= 1
     assert result.format in ALLOWED_FORMATS
 

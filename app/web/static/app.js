@@ -137,6 +137,26 @@
     });
   });
 
+  // Where a finished job is shown: its model page, rendered anew by the server.
+  function finishedUrl(box, job) {
+    if (box.dataset.finishedUrl) return new URL(box.dataset.finishedUrl, window.location.href);
+    var url = new URL(window.location.href);
+    url.search = "?job=" + encodeURIComponent(job.id);
+    url.hash = "training";
+    return url;
+  }
+
+  // A URL that differs from the address only in its fragment would just scroll this stale page
+  // (the Train redirect lands on exactly that URL), so the job leaves the address first; the
+  // replace is then a real load, and the browser opens it at the fragment.
+  function openFresh(url) {
+    var here = window.location;
+    if (url.pathname === here.pathname && url.search === here.search) {
+      window.history.replaceState(window.history.state, "", here.pathname);
+    }
+    here.replace(url.href);
+  }
+
   function pollJob(box) {
     var status = box.querySelector("[data-job-status]");
     var stage = box.querySelector("[data-job-stage]");
@@ -170,8 +190,7 @@
         failures = 0;
         show(job);
         if (FINISHED[job.status]) {
-          var url = window.location.pathname + "?job=" + encodeURIComponent(job.id) + "#training";
-          window.setTimeout(function () { window.location.replace(url); }, 500);
+          window.setTimeout(function () { openFresh(finishedUrl(box, job)); }, 500);
         } else {
           window.setTimeout(tick, 1000);
         }

@@ -29,6 +29,7 @@ test: install
 lint: install
 	$(BIN)/ruff check app worker migrations tests bench
 	$(BIN)/mypy app
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python bench/hymenoptera_http.py

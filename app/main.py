@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,18 +15,31 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.api.router import api_router
 from app.api.routes import health
 from app.config import Settings
+from app.db.engine import upgrade_database
 from app.errors import NanoNetError
-from app.runtime import Runtime, build_runtime
+from app.jobs.celery_queue import CeleryQueue
+from app.jobs.handlers import run_job
+from app.jobs.inprocess import InProcessQueue
+from app.runtime import JobQueue, Runtime, build_runtime
+from app.services.accounts import ensure_first_account, ensure_key
+from app.services.jobs import jobs_to_resume
+from app.web.routes import mount_web
 
 log = logging.getLogger("nanonet")
 
 
+def make_queue(runtime: Runtime) -> JobQueue:
+    """Return the job backend settings.job_backend names, running jobs with the shared handler."""
+    if runtime.settings.job_backend == "celery":
+        return CeleryQueue(runtime.settings)
+    return InProcessQueue(
+        partial(run_job, runtime), workers=runtime.settings.job_workers,
+        pending=partial(jobs_to_resume, runtime.session_factory,
+                        max_attempts=runtime.settings.job_max_attempts))
+
+
 def start_runtime(runtime: Runtime) -> None:
     """Prepare storage and DB, make sure someone can sign in, start the job queue."""
-    from app.db.engine import upgrade_database
-    from app.jobs.queue import make_queue
-    from app.services.accounts import ensure_first_account, ensure_key
-
     settings = runtime.settings
     for directory in (settings.data_dir, settings.images_dir, settings.models_dir):
         directory.mkdir(parents=True, exist_ok=True)
@@ -42,8 +56,9 @@ def start_runtime(runtime: Runtime) -> None:
             created = ensure_first_account(session, data_dir=settings.data_dir)
             if created is not None:
                 key, path = created
-                print(f"NanoNet: created the first account. Its API key (also kept in {path}):\n"
-                      f"  {key}", flush=True)
+                message = (f"NanoNet: created the first account. Its API key (also kept in "
+                           f"{path}):\n  {key}")
+                print(message, flush=True)  # noqa: T201  (the operator's console, not a log)
     if runtime.queue is None:
         runtime.queue = make_queue(runtime)
     runtime.queue.start()
@@ -67,17 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Transfer learning from a handful of labelled images.")
     app.include_router(api_router)
     app.include_router(health.router)
-    _install_web(app)
+    mount_web(app)
     _install_error_handlers(app)
     return app
-
-
-def _install_web(app: FastAPI) -> None:
-    try:
-        from app.web.routes import mount_web
-    except ImportError:  # the web form is optional while it is being built
-        return
-    mount_web(app)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -6,7 +6,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,9 +16,19 @@ from app.db.engine import make_engine, make_session_factory
 from app.storage import BlobStore
 
 if TYPE_CHECKING:
-    from app.jobs.queue import JobQueue
     from app.ml.cache import FeatureCache
     from app.ml.heads import Head
+
+
+class JobQueue(Protocol):
+    """Where committed job ids go: app.jobs.inprocess or app.jobs.celery_queue, chosen in main."""
+
+    def submit(self, job_id: str) -> None:
+        """Hand a committed job row to the backend; must not block on the job itself."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class HeadCache:

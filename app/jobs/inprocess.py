@@ -5,31 +5,31 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import TYPE_CHECKING
-
-from app.jobs.handlers import run_job
-from app.services.jobs import queued_job_ids, recover_interrupted_jobs
-
-if TYPE_CHECKING:
-    from app.runtime import Runtime
+from collections.abc import Callable, Iterable
 
 log = logging.getLogger("nanonet.jobs")
 _STOP = object()
 
 
 class InProcessQueue:
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    """Runs each submitted job id with `run`, on `workers` daemon threads.
+
+    `pending` is called once at start and returns the ids of jobs left waiting (by a previous
+    process, say): they are queued before anything submitted later.
+    """
+
+    def __init__(self, run: Callable[[str], None], *, workers: int = 1,
+                 pending: Callable[[], Iterable[str]] = tuple) -> None:
+        self._run = run
+        self._pending_at_start = pending
+        self._workers = workers
         self._pending: queue.Queue[object] = queue.Queue()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        """Recover jobs a previous process left behind, queue them, and start the workers."""
-        with self.runtime.session_factory() as session:
-            recover_interrupted_jobs(session, max_attempts=self.runtime.settings.job_max_attempts)
-            for job_id in queued_job_ids(session):
-                self._pending.put(job_id)
-        for index in range(self.runtime.settings.job_workers):
+        for job_id in self._pending_at_start():
+            self._pending.put(job_id)
+        for index in range(self._workers):
             thread = threading.Thread(target=self._work, name=f"nanonet-job-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -61,7 +61,7 @@ class InProcessQueue:
             try:
                 if item is _STOP:
                     return
-                run_job(self.runtime, str(item))
+                self._run(str(item))
             except Exception:  # a job must never kill its worker thread
                 log.exception("jobs.worker.crashed job_id=%s", item)
             finally:

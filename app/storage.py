@@ -63,8 +63,5 @@ class BlobStore:
     def read(self, digest: str) -> bytes:
         return self.path(digest).read_bytes()
 
-    def exists(self, digest: str) -> bool:
-        return self.path(digest).exists()
-
     def delete(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)

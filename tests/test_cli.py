@@ -11,7 +11,8 @@ from tests.conftest import bearer, make_settings
 
 
 def test_keys_create_prints_a_working_key_as_last_word(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("NANONET_DATA_DIR", str(tmp_path))
     assert main(["keys", "create", "alice"]) == 0
     key = capsys.readouterr().out.split()[-1]

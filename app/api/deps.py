@@ -11,7 +11,7 @@ from fastapi import Depends, Request, UploadFile
 from sqlalchemy.orm import Session
 
 from app.db.tables import Account
-from app.errors import InvalidInput, PayloadTooLarge, Unauthorized
+from app.errors import PayloadTooLarge, Unauthorized
 from app.runtime import Runtime
 from app.services.accounts import authenticate
 from app.services.images import Upload
@@ -77,9 +77,7 @@ def check_request_size(request: Request, runtime: RuntimeDep) -> None:
 
 def read_uploads(files: list[UploadFile] | None, runtime: Runtime) -> list[Upload]:
     """Read each part, keeping at most max_file_bytes + 1 bytes so size checks stay cheap."""
-    if not files:
-        raise InvalidInput("Send at least one image as a multipart `files` part.",
-                           code="no_files", status=400)
+    files = files or []
     if len(files) > runtime.settings.max_files_per_request:
         raise PayloadTooLarge(f"At most {runtime.settings.max_files_per_request} files per "
                               f"request; this one has {len(files)}.", code="too_many_files")

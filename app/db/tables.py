@@ -1,14 +1,36 @@
-"""Tables. Every row belongs, directly or through its NanoNet, to one account."""
+"""Tables. Every row belongs, directly or through its model, to one account."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db.base import Base, UTCDateTime, new_id, utcnow
+
+
+class ModelState(StrEnum):
+    """`ready` whenever a version is active: a failed retraining leaves the model serving."""
+
+    CREATED = "created"
+    TRAINING = "training"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class JobStatus(StrEnum):
+    """Only `queued` jobs are claimed and only `running` ones report progress."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 class Account(Base):
@@ -23,21 +45,25 @@ class ApiKey(Base):
     __tablename__ = "api_key"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    account_id: Mapped[str] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), index=True
+    )
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class NanoNet(Base):
-    __tablename__ = "nanonet"
+class Model(Base):
+    __tablename__ = "model"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    account_id: Mapped[str] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), index=True
+    )
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(20), default="single_label")
-    state: Mapped[str] = mapped_column(String(20), default="created")
+    state: Mapped[str] = mapped_column(String(20), default=ModelState.CREATED)
     active_version_id: Mapped[str | None] = mapped_column(
         ForeignKey("model_version.id", use_alter=True, ondelete="SET NULL"), nullable=True
     )
@@ -45,7 +71,7 @@ class NanoNet(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     categories: Mapped[list[Category]] = relationship(
-        back_populates="nanonet", order_by="Category.position", cascade="all, delete-orphan"
+        back_populates="model", order_by="Category.position", cascade="all, delete-orphan"
     )
     active_version: Mapped[ModelVersion | None] = relationship(
         foreign_keys=[active_version_id], post_update=True
@@ -54,24 +80,24 @@ class NanoNet(Base):
 
 class Category(Base):
     __tablename__ = "category"
-    __table_args__ = (UniqueConstraint("nanonet_id", "name"),)
+    __table_args__ = (UniqueConstraint("model_id", "name"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    nanonet_id: Mapped[str] = mapped_column(ForeignKey("nanonet.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     position: Mapped[int] = mapped_column(Integer)
 
-    nanonet: Mapped[NanoNet] = relationship(back_populates="categories")
+    model: Mapped[Model] = relationship(back_populates="categories")
 
 
 class Image(Base):
     """One training image of one NanoNet; its bytes live in the content-addressed store."""
 
     __tablename__ = "image"
-    __table_args__ = (UniqueConstraint("nanonet_id", "sha256"),)
+    __table_args__ = (UniqueConstraint("model_id", "sha256"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    nanonet_id: Mapped[str] = mapped_column(ForeignKey("nanonet.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"), index=True)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     filename: Mapped[str] = mapped_column(String(500))
     source: Mapped[str] = mapped_column(String(20), default="upload")
@@ -98,12 +124,14 @@ class Job(Base):
     __table_args__ = (Index("ix_job_status_created_at", "status", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    account_id: Mapped[str] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"), index=True)
-    nanonet_id: Mapped[str | None] = mapped_column(
-        ForeignKey("nanonet.id", ondelete="CASCADE"), index=True, nullable=True
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), index=True
+    )
+    model_id: Mapped[str | None] = mapped_column(
+        ForeignKey("model.id", ondelete="CASCADE"), index=True, nullable=True
     )
     kind: Mapped[str] = mapped_column(String(30))
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED)
     stage: Mapped[str] = mapped_column(String(40), default="queued")
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -119,10 +147,10 @@ class ModelVersion(Base):
     """An immutable trained head: what it was trained on, how it scored, where its file is."""
 
     __tablename__ = "model_version"
-    __table_args__ = (UniqueConstraint("nanonet_id", "number"),)
+    __table_args__ = (UniqueConstraint("model_id", "number"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    nanonet_id: Mapped[str] = mapped_column(ForeignKey("nanonet.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"), index=True)
     number: Mapped[int] = mapped_column(Integer)
     backbone: Mapped[str] = mapped_column(String(60))
     head: Mapped[str] = mapped_column(String(30))

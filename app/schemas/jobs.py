@@ -29,7 +29,7 @@ class JobOut(BaseModel):
 
     @classmethod
     def build(cls, job: Job) -> JobOut:
-        return cls(id=job.id, kind=job.kind, model_id=job.nanonet_id, status=job.status,
+        return cls(id=job.id, kind=job.kind, model_id=job.model_id, status=job.status,
                    stage=job.stage, progress=round(job.progress, 4), error=job.error,
                    attempts=job.attempts, result=job.result, created_at=job.created_at,
                    started_at=job.started_at, finished_at=job.finished_at)

@@ -1,35 +1,139 @@
+"""A version's metrics and parameters as training stores them, and the metrics endpoint's answer.
+
+Training validates both before writing them to their JSON columns and every reader validates
+them again, so the API and the web page read one typed shape.
+"""
+
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    model_validator,
+)
 
-from app.db.tables import ModelVersion, NanoNet
+from app.db.tables import Model, ModelVersion
+
+Share = Annotated[float, Field(ge=0, le=1)]
 
 
-class ConfusionMatrix(BaseModel):
-    labels: list[str]
-    matrix: list[list[int]]
+class Stored(BaseModel):
+    """Exactly the keys training writes, as finite numbers of the right type, nothing coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-class ClassMetrics(BaseModel):
+class ClassMetrics(Stored):
     label: str
-    precision: float
-    recall: float
-    f1: float
-    support: int
+    precision: Share
+    recall: Share
+    f1: Share
+    support: NonNegativeInt
 
 
-class CurvePoint(BaseModel):
+class ConfusionMatrix(Stored):
+    labels: list[str]
+    matrix: list[list[NonNegativeInt]]
+
+    @model_validator(mode="after")
+    def _one_row_and_column_per_label(self) -> ConfusionMatrix:
+        n = len(self.labels)
+        if len(self.matrix) != n or any(len(row) != n for row in self.matrix):
+            raise ValueError(f"the matrix of {n} labels must be {n} x {n}")
+        return self
+
+
+class MeasuredPoint(Stored):
+    images_per_class: PositiveInt
+    accuracy: Share
+    std: NonNegativeFloat
+    n_evaluations: PositiveInt
+    n_images: PositiveInt
+
+
+class ProjectedPoint(Stored):
+    images_per_class: PositiveInt
+    accuracy: Share
+
+
+class CurveFit(Stored):
+    a: float
+    b: float
+    c: float
+    form: str
+
+
+class LearningCurve(Stored):
+    points: list[MeasuredPoint]
+    projection: list[ProjectedPoint]
+    curve: CurveFit | None
+    advice: str
+
+
+class VersionMetrics(Stored):
+    """Nested cross-validation of a version; a version without it (one image in a class) has
+    no metrics at all, and its params say why."""
+
+    accuracy: Share
+    balanced_accuracy: Share
+    log_loss: NonNegativeFloat
+    per_class: list[ClassMetrics]
+    confusion_matrix: ConfusionMatrix
+    n_images: PositiveInt
+    n_folds: PositiveInt
+    method: str
+    calibration_error: Share
+    backbone: str
+    head: str
+    selection: str
+    learning_curve: LearningCurve
+
+    @classmethod
+    def of(cls, version: ModelVersion) -> VersionMetrics | None:
+        return None if version.metrics is None else cls.model_validate(version.metrics)
+
+
+class CandidateScore(Stored):
+    backbone: str
+    head: str
+    l2: float | None
+    cv_accuracy: Share
+    cv_log_loss: NonNegativeFloat
+
+
+class VersionParams(Stored):
+    l2: float | None
+    views: PositiveInt
+    metrics_note: str | None
+    candidates: list[CandidateScore]
+    unknown_threshold: float | None
+
+    @classmethod
+    def of(cls, version: ModelVersion) -> VersionParams:
+        return cls.model_validate(version.params)
+
+
+class CurvePointOut(BaseModel):
     images_per_class: int
     accuracy: float
     std: float | None = None
 
 
-class LearningCurve(BaseModel):
-    points: list[CurvePoint]
-    projection: list[CurvePoint]
+class LearningCurveOut(BaseModel):
+    points: list[CurvePointOut]
+    projection: list[CurvePointOut]
     advice: str
+
+
+# The parts of VersionMetrics the metrics endpoint answers with under the same names.
+MEASURED = {"method", "accuracy", "balanced_accuracy", "log_loss", "calibration_error",
+            "per_class", "confusion_matrix", "learning_curve"}
 
 
 class MetricsOut(BaseModel):
@@ -37,34 +141,25 @@ class MetricsOut(BaseModel):
     version: int
     backbone: str
     head: str
-    views: int | None
-    method: str | None
+    views: int
+    method: str | None = None
     n_images: int
-    accuracy: float | None
-    balanced_accuracy: float | None
-    log_loss: float | None
-    calibration_error: float | None
-    per_class: list[ClassMetrics]
-    confusion_matrix: ConfusionMatrix | None
-    learning_curve: LearningCurve | None
+    accuracy: float | None = None
+    balanced_accuracy: float | None = None
+    log_loss: float | None = None
+    calibration_error: float | None = None
+    per_class: list[ClassMetrics] = []
+    confusion_matrix: ConfusionMatrix | None = None
+    learning_curve: LearningCurveOut | None = None
     unknown_threshold: float | None
-    candidates: list[dict[str, Any]]
+    candidates: list[CandidateScore]
     note: str | None
 
     @classmethod
-    def build(cls, nanonet: NanoNet, version: ModelVersion) -> MetricsOut:
-        metrics = version.metrics or {}
-        params = version.params or {}
-        return cls(
-            model_id=nanonet.id, version=version.number, backbone=version.backbone,
-            head=version.head, views=params.get("views"), method=metrics.get("method"),
-            n_images=len(version.image_ids), accuracy=metrics.get("accuracy"),
-            balanced_accuracy=metrics.get("balanced_accuracy"), log_loss=metrics.get("log_loss"),
-            calibration_error=metrics.get("calibration_error"),
-            per_class=metrics.get("per_class", []),
-            confusion_matrix=metrics.get("confusion_matrix"),
-            learning_curve=metrics.get("learning_curve"),
-            unknown_threshold=params.get("unknown_threshold"),
-            candidates=params.get("candidates") or [],
-            note=params.get("metrics_note"),
-        )
+    def build(cls, model: Model, version: ModelVersion) -> MetricsOut:
+        metrics, params = VersionMetrics.of(version), VersionParams.of(version)
+        measured: dict[str, Any] = metrics.model_dump(include=MEASURED) if metrics else {}
+        return cls(model_id=model.id, version=version.number, backbone=version.backbone,
+                   head=version.head, views=params.views, n_images=len(version.image_ids),
+                   unknown_threshold=params.unknown_threshold, candidates=params.candidates,
+                   note=params.metrics_note, **measured)

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.db.tables import ModelVersion, NanoNet
+from app.db.tables import Model, ModelVersion
+from app.schemas.metrics import VersionMetrics, VersionParams
 
 
 class ModelCreate(BaseModel):
@@ -41,24 +41,24 @@ class ModelOut(BaseModel):
     state: str
     categories: list[CategoryOut]
     backbone: str | None
-    metrics: dict[str, Any] | None
+    metrics: VersionMetrics | None
     metrics_note: str | None = None
     version: VersionOut | None
     created_at: datetime
     updated_at: datetime
 
     @classmethod
-    def build(cls, nanonet: NanoNet, counts: dict[int, int]) -> ModelOut:
-        version = nanonet.active_version
+    def build(cls, model: Model, counts: dict[int, int]) -> ModelOut:
+        version = model.active_version
         return cls(
-            id=nanonet.id, name=nanonet.name, kind=nanonet.kind, state=nanonet.state,
+            id=model.id, name=model.name, kind=model.kind, state=model.state,
             categories=[CategoryOut(name=c.name, count=counts.get(c.id, 0))
-                        for c in nanonet.categories],
+                        for c in model.categories],
             backbone=version.backbone if version else None,
-            metrics=version.metrics if version else None,
-            metrics_note=version.params.get("metrics_note") if version else None,
+            metrics=VersionMetrics.of(version) if version else None,
+            metrics_note=VersionParams.of(version).metrics_note if version else None,
             version=VersionOut.build(version) if version else None,
-            created_at=nanonet.created_at, updated_at=nanonet.updated_at,
+            created_at=model.created_at, updated_at=model.updated_at,
         )
 
 

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy.orm import Session
 
-from app.db.tables import Account, Job, NanoNet
+from app.db.tables import Account, Job, Model
 from app.errors import Unavailable
 from app.services import jobs as job_service
-from app.services.nanonets import training_set
+from app.services.models import training_set
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -25,14 +25,14 @@ Progress = Callable[[float], None]
 
 
 def request_extraction(session: Session, runtime: Runtime, *, account: Account,
-                       nanonet: NanoNet) -> Job | None:
-    """Queue a background extraction for the NanoNet unless one is already waiting."""
+                       model: Model) -> Job | None:
+    """Queue a background extraction for the model unless one is already waiting."""
     if not runtime.settings.extract_on_upload:
         return None
-    waiting = job_service.queued_job(session, nanonet_id=nanonet.id, kind="extract")
+    waiting = job_service.queued_job(session, model_id=model.id, kind="extract")
     if waiting is not None:
         return waiting
-    job = Job(account_id=account.id, nanonet_id=nanonet.id, kind="extract")
+    job = Job(account_id=account.id, model_id=model.id, kind="extract")
     session.add(job)
     session.commit()
     try:
@@ -73,9 +73,9 @@ def run_extraction_job(runtime: Runtime, job_id: str) -> None:
     """Job body: cache every candidate backbone's features of every view of a NanoNet's images."""
     with runtime.session_factory() as session:
         job = session.get(Job, job_id)
-        if job is None or job.nanonet_id is None:
+        if job is None or job.model_id is None:
             return
-        digests = [digest for _, digest, _ in training_set(session, nanonet_id=job.nanonet_id)]
+        digests = [digest for _, digest, _ in training_set(session, model_id=job.model_id)]
     settings = runtime.settings
 
     def progress(fraction: float) -> None:

@@ -6,21 +6,18 @@ import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
-from app.db.tables import Account, Job, NanoNet
+from app.db.tables import ACTIVE_JOB_STATUSES, Account, Job, JobStatus, Model, ModelState
 from app.errors import NotFound, Unavailable
 
 if TYPE_CHECKING:
     from sqlalchemy import CursorResult
 
-    from app.jobs.queue import JobQueue
+    from app.runtime import JobQueue
 
 log = logging.getLogger("nanonet.jobs")
-
-ACTIVE = ("queued", "running")
-
 
 def get_job(session: Session, *, account: Account, job_id: str) -> Job:
     """Return the account's job; raises NotFound for a missing or foreign job."""
@@ -35,9 +32,9 @@ def claim_job(session: Session, *, job_id: str) -> str | None:
     now = utcnow()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
-        .values(status="running", stage="starting", attempts=Job.attempts + 1, started_at=now,
-                updated_at=now, error=None)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.RUNNING, stage="starting", attempts=Job.attempts + 1,
+                started_at=now, updated_at=now, error=None)
     )
     claimed = cast("CursorResult[Any]", result).rowcount
     session.commit()
@@ -49,7 +46,7 @@ def claim_job(session: Session, *, job_id: str) -> str | None:
 def set_progress(session: Session, *, job_id: str, stage: str, progress: float) -> None:
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "running")
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
         .values(stage=stage, progress=max(0.0, min(1.0, progress)), updated_at=utcnow())
     )
     session.commit()
@@ -59,7 +56,7 @@ def dispatch(session: Session, queue: JobQueue | None, job: Job) -> None:
     """Hand a committed job to the queue; if the queue refuses it, fail the job and raise.
 
     Without this a job whose message never reached the broker would stay `queued` forever and
-    block every later request for the same NanoNet. Raises Unavailable (503).
+    block every later request for the same model. Raises Unavailable (503).
     """
     assert queue is not None, "the runtime has no job queue"
     try:
@@ -77,9 +74,9 @@ def dispatch(session: Session, queue: JobQueue | None, job: Job) -> None:
 
 
 def fail_job(session: Session, *, job_id: str, error: str) -> None:
-    """Mark a job failed and put its NanoNet back in a state that says what it can do."""
+    """Mark a job failed and put its model back in a state that says what it can do."""
     job = session.get(Job, job_id)
-    if job is None or job.status in ("succeeded", "failed"):
+    if job is None or job.status not in ACTIVE_JOB_STATUSES:
         return
     _fail(session, job, error)
     session.commit()
@@ -87,26 +84,33 @@ def fail_job(session: Session, *, job_id: str, error: str) -> None:
 
 def _fail(session: Session, job: Job, error: str) -> None:
     now = utcnow()
-    job.status, job.stage, job.error, job.finished_at = "failed", "failed", error, now
-    if job.nanonet_id is not None:
-        nanonet = session.get(NanoNet, job.nanonet_id)
-        if nanonet is not None and nanonet.state == "training" and not _other_active_job(
-            session, nanonet.id, job.id
+    job.status, job.stage, job.error, job.finished_at = JobStatus.FAILED, "failed", error, now
+    if job.model_id is not None:
+        model = session.get(Model, job.model_id)
+        if model is not None and model.state == ModelState.TRAINING and not _other_active_job(
+            session, model.id, job.id
         ):
-            nanonet.state = "ready" if nanonet.active_version_id else "failed"
+            model.state = ModelState.READY if model.active_version_id else ModelState.FAILED
 
 
-def _other_active_job(session: Session, nanonet_id: str, job_id: str) -> bool:
+def _other_active_job(session: Session, model_id: str, job_id: str) -> bool:
     return session.scalar(
-        select(Job.id).where(Job.nanonet_id == nanonet_id, Job.id != job_id,
-                             Job.status.in_(ACTIVE)).limit(1)
+        select(Job.id).where(Job.model_id == model_id, Job.id != job_id,
+                             Job.status.in_(ACTIVE_JOB_STATUSES)).limit(1)
     ) is not None
+
+
+def jobs_to_resume(session_factory: sessionmaker[Session], *, max_attempts: int) -> list[str]:
+    """At start: recover what a dead process left `running`, then return every queued job id."""
+    with session_factory() as session:
+        recover_interrupted_jobs(session, max_attempts=max_attempts)
+        return queued_job_ids(session)
 
 
 def recover_interrupted_jobs(session: Session, *, max_attempts: int) -> list[str]:
     """Requeue jobs left `running` by a dead process, or fail them once out of attempts."""
     recovered = []
-    for job in session.scalars(select(Job).where(Job.status == "running")):
+    for job in session.scalars(select(Job).where(Job.status == JobStatus.RUNNING)):
         _recover(session, job, max_attempts)
         recovered.append(job.id)
     session.commit()
@@ -120,14 +124,14 @@ def recover_job(session: Session, *, job_id: str, max_attempts: int) -> None:
     acknowledging, so a `running` row is left over from that worker, not a live one.
     """
     job = session.get(Job, job_id)
-    if job is not None and job.status == "running":
+    if job is not None and job.status == JobStatus.RUNNING:
         _recover(session, job, max_attempts)
         session.commit()
 
 
 def _recover(session: Session, job: Job, max_attempts: int) -> None:
     if job.attempts < max_attempts:
-        job.status, job.stage, job.progress = "queued", "queued", 0.0
+        job.status, job.stage, job.progress = JobStatus.QUEUED, "queued", 0.0
         job.error = f"retrying: the worker stopped during attempt {job.attempts}"
     else:
         _fail(session, job, f"The worker stopped while this job was running (attempt "
@@ -135,28 +139,31 @@ def _recover(session: Session, job: Job, max_attempts: int) -> None:
 
 
 def queued_job_ids(session: Session) -> list[str]:
-    return list(session.scalars(select(Job.id).where(Job.status == "queued")
+    return list(session.scalars(select(Job.id).where(Job.status == JobStatus.QUEUED)
                                 .order_by(Job.created_at)))
 
 
-def queued_job(session: Session, *, nanonet_id: str, kind: str) -> Job | None:
+def queued_job(session: Session, *, model_id: str, kind: str) -> Job | None:
     return session.scalars(
-        select(Job).where(Job.nanonet_id == nanonet_id, Job.kind == kind, Job.status == "queued")
+        select(Job).where(Job.model_id == model_id, Job.kind == kind,
+                           Job.status == JobStatus.QUEUED)
         .limit(1)
     ).first()
 
 
 def succeed_job(session: Session, *, job_id: str, result: dict | None = None) -> None:  # type: ignore[type-arg]
     job = session.get(Job, job_id)
-    if job is None or job.status != "running":
+    if job is None or job.status != JobStatus.RUNNING:
         return
-    job.status, job.stage, job.progress, job.finished_at = "succeeded", "done", 1.0, utcnow()
+    job.status, job.stage, job.progress = JobStatus.SUCCEEDED, "done", 1.0
+    job.finished_at = utcnow()
     job.result = result
     session.commit()
 
 
-def active_job(session: Session, *, nanonet_id: str, kind: str) -> Job | None:
+def active_job(session: Session, *, model_id: str, kind: str) -> Job | None:
     return session.scalars(
-        select(Job).where(Job.nanonet_id == nanonet_id, Job.kind == kind, Job.status.in_(ACTIVE))
+        select(Job).where(Job.model_id == model_id, Job.kind == kind,
+                           Job.status.in_(ACTIVE_JOB_STATUSES))
         .order_by(Job.created_at.desc()).limit(1)
     ).first()

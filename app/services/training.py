@@ -1,22 +1,23 @@
-"""Training: queue a job for a NanoNet, and the job body that fits and saves a version."""
+"""Training: queue a job for a model, and the job body that fits and saves a version."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.tables import Account, Job, ModelVersion, NanoNet
+from app.db.tables import Account, Job, JobStatus, Model, ModelState, ModelVersion
 from app.errors import InvalidInput, NotFound
+from app.schemas.metrics import VersionMetrics, VersionParams
 from app.services import jobs as job_service
 from app.services.features import extract
-from app.services.nanonets import get_nanonet, training_set
+from app.services.models import get_model, training_set
 
 if TYPE_CHECKING:
     from app.ml.select import FitResult
@@ -24,10 +25,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nanonet.training")
 
-def check_trainable(nanonet: NanoNet, positions: list[int]) -> None:
+def check_trainable(model: Model, positions: list[int]) -> None:
     """Raise InvalidInput unless every category has at least one image."""
     counts = Counter(positions)
-    empty = [c.name for c in nanonet.categories if counts[c.position] == 0]
+    empty = [c.name for c in model.categories if counts[c.position] == 0]
     if empty:
         names = ", ".join(repr(name) for name in empty)
         raise InvalidInput(f"Add at least one image to {names} before training.",
@@ -35,17 +36,17 @@ def check_trainable(nanonet: NanoNet, positions: list[int]) -> None:
 
 
 def request_training(session: Session, runtime: Runtime, *, account: Account,
-                     nanonet_id: str) -> Job:
+                     model_id: str) -> Job:
     """Queue a training job (or return the one already queued or running); raises InvalidInput."""
-    nanonet = get_nanonet(session, account=account, nanonet_id=nanonet_id)
-    existing = job_service.active_job(session, nanonet_id=nanonet.id, kind="train")
+    model = get_model(session, account=account, model_id=model_id)
+    existing = job_service.active_job(session, model_id=model.id, kind="train")
     if existing is not None:
         return existing
-    check_trainable(nanonet, [position for _, _, position in training_set(session,
-                                                                          nanonet_id=nanonet.id)])
-    job = Job(account_id=account.id, nanonet_id=nanonet.id, kind="train")
+    check_trainable(model, [position for _, _, position in training_set(session,
+                                                                          model_id=model.id)])
+    job = Job(account_id=account.id, model_id=model.id, kind="train")
     session.add(job)
-    nanonet.state = "training"
+    model.state = ModelState.TRAINING
     session.commit()
     # Only after the commit: a worker must never see a job that could still roll back.
     job_service.dispatch(session, runtime.queue, job)
@@ -55,18 +56,18 @@ def request_training(session: Session, runtime: Runtime, *, account: Account,
 def run_training_job(runtime: Runtime, job_id: str) -> None:
     """Extract (cached) features, select and evaluate a model, save the version, activate it."""
     from app.ml.curve import summarize
-    from app.ml.select import fit_candidate, fit_nanonet
+    from app.ml.select import fit_candidate, fit_model
 
     started = time.perf_counter()
     settings = runtime.settings
     with runtime.session_factory() as session:
         job = session.get(Job, job_id)
-        nanonet = session.get(NanoNet, job.nanonet_id) if job and job.nanonet_id else None
-        if job is None or nanonet is None:
-            raise NotFound("The NanoNet of this job was deleted.")
-        rows = training_set(session, nanonet_id=nanonet.id)
-        check_trainable(nanonet, [position for _, _, position in rows])
-        labels = [category.name for category in nanonet.categories]
+        model = session.get(Model, job.model_id) if job and job.model_id else None
+        if job is None or model is None:
+            raise NotFound("The model of this job was deleted.")
+        rows = training_set(session, model_id=model.id)
+        check_trainable(model, [position for _, _, position in rows])
+        labels = [category.name for category in model.categories]
 
     def progress(stage: str, fraction: float) -> None:
         with runtime.session_factory() as progress_session:
@@ -83,9 +84,9 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
     targets = np.array([position for _, _, position in rows])
 
     progress("selecting_model", 0.7)
-    result = fit_nanonet(features, targets, labels, seed=0)
-    metrics = dict(result.metrics) if result.metrics is not None else None
-    if metrics is not None:
+    result = fit_model(features, targets, labels, seed=0)
+    metrics = None
+    if result.metrics is not None:
         progress("learning_curve", 0.85)
         chosen = features[result.candidate.backbone]
 
@@ -94,45 +95,48 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
                                  n_classes=len(labels))
             return head.predict_proba(chosen[val_rows, 0])
 
-        metrics["learning_curve"] = summarize(targets, fit_predict, accuracy=metrics["accuracy"])
+        curve = summarize(targets, fit_predict, accuracy=result.metrics["accuracy"])
+        metrics = VersionMetrics.model_validate({**result.metrics, "learning_curve": curve})
+    params = VersionParams.model_validate({
+        "l2": result.candidate.l2, "views": settings.views, "metrics_note": result.metrics_note,
+        "candidates": result.scores, "unknown_threshold": (result.unknown or {}).get("threshold")})
     train_seconds = time.perf_counter() - started
 
     progress("saving", 0.97)
     _save_version(runtime, job_id=job_id, labels=labels, result=result, metrics=metrics,
-                  views=settings.views, image_ids=[image_id for image_id, _, _ in rows],
+                  params=params, image_ids=[image_id for image_id, _, _ in rows],
                   train_seconds=train_seconds)
 
 
 def _save_version(runtime: Runtime, *, job_id: str, labels: list[str], result: FitResult,
-                  metrics: dict[str, Any] | None, views: int, image_ids: list[int],
+                  metrics: VersionMetrics | None, params: VersionParams, image_ids: list[int],
                   train_seconds: float) -> None:
     from app.ml.artifacts import save_artifact
 
     candidate = result.candidate
     with runtime.session_factory() as session:
         job = session.get(Job, job_id)
-        nanonet = session.get(NanoNet, job.nanonet_id) if job else None
-        if job is None or nanonet is None:
-            raise NotFound("The NanoNet of this job was deleted.")
+        model = session.get(Model, job.model_id) if job else None
+        if job is None or model is None:
+            raise NotFound("The model of this job was deleted.")
         number = (session.scalar(select(func.max(ModelVersion.number))
-                                 .where(ModelVersion.nanonet_id == nanonet.id)) or 0) + 1
+                                 .where(ModelVersion.model_id == model.id)) or 0) + 1
         version = ModelVersion(
-            nanonet_id=nanonet.id, number=number, backbone=candidate.backbone,
-            head=candidate.head, labels=labels, metrics=metrics,
-            params={"l2": candidate.l2, "views": views, "metrics_note": result.metrics_note,
-                    "candidates": result.scores,
-                    "unknown_threshold": (result.unknown or {}).get("threshold")},
-            image_ids=image_ids, artifact_path="", train_seconds=round(train_seconds, 3))
+            model_id=model.id, number=number, backbone=candidate.backbone,
+            head=candidate.head, labels=labels,
+            metrics=metrics.model_dump(mode="json") if metrics else None,
+            params=params.model_dump(mode="json"), image_ids=image_ids, artifact_path="",
+            train_seconds=round(train_seconds, 3))
         session.add(version)
         session.flush()
-        relative = f"{nanonet.id}/{version.id}.pt"
+        relative = f"{model.id}/{version.id}.pt"
         save_artifact(runtime.settings.models_dir / relative, head=result.head, meta={
             "labels": labels, "backbone": candidate.backbone, "head": candidate.head,
-            "version_id": version.id, "nanonet_id": nanonet.id, "unknown": result.unknown})
+            "version_id": version.id, "model_id": model.id, "unknown": result.unknown})
         version.artifact_path = relative
-        nanonet.active_version_id = version.id
-        nanonet.state = "ready"
-        job.status, job.stage, job.progress = "succeeded", "done", 1.0
+        model.active_version_id = version.id
+        model.state = ModelState.READY
+        job.status, job.stage, job.progress = JobStatus.SUCCEEDED, "done", 1.0
         job.finished_at = utcnow()
         job.result = {"version_id": version.id, "version": number}
         session.commit()

@@ -1,17 +1,18 @@
 """Server-rendered inline SVG charts for the model page: no JavaScript, no external assets.
 
-Every function takes plain dicts and lists (the shapes stored in a version's metrics), tolerates
-missing or malformed entries, and returns SVG markup as `Markup` (safe for Jinja), or an empty
-`Markup` when there is nothing to draw. All text is escaped with markupsafe.escape.
+Every function takes a part of a version's validated metrics and returns SVG markup as `Markup`
+(safe for Jinja), or an empty `Markup` when there is nothing to draw. All text is escaped with
+markupsafe.escape.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable
 
 from markupsafe import Markup, escape
+
+from app.schemas.metrics import ConfusionMatrix, LearningCurve
 
 FONT_SIZE = 13
 SMALL_FONT = 12
@@ -33,19 +34,6 @@ def _fmt(value: float) -> str:
     """A coordinate with at most one decimal, without a trailing '.0'."""
     text = f"{value:.1f}"
     return text.removesuffix(".0")
-
-
-def _number(value: Any) -> float | None:
-    """A finite float, or None for anything else (missing, text, NaN, booleans)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def _count(value: Any) -> int:
-    number = _number(value)
-    return max(0, round(number)) if number is not None else 0
 
 
 def _text_width(text: str, size: float = FONT_SIZE) -> float:
@@ -83,26 +71,21 @@ def _svg(width: float, height: float, body: Iterable[str], *, title: str, desc: 
 # --- confusion matrix ---------------------------------------------------------------------------
 
 
-def confusion_matrix_svg(labels: Sequence[Any] | None,
-                         matrix: Sequence[Sequence[Any]] | None) -> Markup:
+def confusion_matrix_svg(confusion: ConfusionMatrix) -> Markup:
     """The confusion matrix as a grid: rows the true category, columns the predicted one.
 
     Cells are shaded by their share of the row (green on the diagonal, red off it) and show the
-    count; every cell has a tooltip with the count, the row total and the share.
+    count; every cell has a tooltip with the count, the row total and the share, and the
+    description lists every count for screen readers.
     """
-    names = [str(label) for label in (labels or [])]
-    if not isinstance(matrix, (list, tuple)):
-        return Markup("")
-    rows = [list(row) if isinstance(row, (list, tuple)) else [] for row in matrix]
-    n = min(len(names), len(rows)) if any(rows) else 0
+    names, counts = list(confusion.labels), confusion.matrix
+    n = len(names)
     if n == 0:
         return Markup("")
-    names = names[:n]
     if len({truncate(name) for name in names}) < n:
         # Truncation made two labels alike: number them so each row and column is still told
         # apart (the full names are in the tooltips and in the per-category table).
         names = [f"{i + 1}. {name}" for i, name in enumerate(names)]
-    counts = [[_count(row[j]) if j < len(row) else 0 for j in range(n)] for row in rows[:n]]
 
     cell = 56 if n <= 4 else 46 if n <= 7 else 40
     shown = [truncate(name) for name in names]
@@ -163,27 +146,15 @@ def confusion_matrix_svg(labels: Sequence[Any] | None,
                 f'fill="none" stroke="{MUTED}"/>')
     correct = sum(counts[i][i] for i in range(n))
     total = sum(map(sum, counts))
+    rows = ". ".join(f"True {names[i]}: " + ", ".join(f"predicted {names[j]} {count}"
+                                                      for j, count in enumerate(row))
+                     for i, row in enumerate(counts))
     return _svg(width, height, body, css="confusion-chart",
                 title="Confusion matrix: rows are the true category, columns the predicted one",
-                desc=f"{correct} of {total} images on the diagonal (predicted correctly), "
-                     f"{n} categories.")
+                desc=f"{correct} of {total} images predicted correctly. {rows}.")
 
 
 # --- learning curve -----------------------------------------------------------------------------
-
-
-def _points(items: Any) -> list[tuple[float, float, float | None]]:
-    """(images per class, accuracy, std or None) of the valid entries, sorted by size."""
-    out = []
-    for item in items if isinstance(items, (list, tuple)) else []:
-        if not isinstance(item, Mapping):
-            continue
-        n, accuracy = _number(item.get("images_per_class")), _number(item.get("accuracy"))
-        if n is None or accuracy is None or n <= 0:
-            continue
-        std = _number(item.get("std"))
-        out.append((n, min(max(accuracy, 0.0), 1.0), abs(std) if std is not None else None))
-    return sorted(out, key=lambda point: point[0])
 
 
 def _log_ticks(low: float, high: float) -> list[int]:
@@ -198,27 +169,24 @@ def _log_ticks(low: float, high: float) -> list[int]:
     return ticks
 
 
-def learning_curve_svg(points: Any, projection: Any = None, *,
-                       chance: float | None = None) -> Markup:
+def learning_curve_svg(curve: LearningCurve, *, chance: float | None = None) -> Markup:
     """Accuracy against training images per category, log-scale x axis.
 
-    `points` are the measured [{images_per_class, accuracy, std?}] (mean ± std as error bars);
-    `projection` the extrapolated [{images_per_class, accuracy}], drawn dashed from the last
-    measured point. `chance` (1 / number of categories) draws a dotted guessing line.
+    The measured points are drawn with mean ± std as error bars, the projection dashed from the
+    last measured point. `chance` (1 / number of categories) draws a dotted guessing line.
     """
-    measured = _points(points)
-    projected = _points(projection)
+    measured: list[tuple[int, float, float | None]] = sorted(
+        ((p.images_per_class, p.accuracy, p.std) for p in curve.points), key=lambda p: p[0])
+    projected: list[tuple[int, float, float | None]] = sorted(
+        ((p.images_per_class, p.accuracy, None) for p in curve.projection), key=lambda p: p[0])
     if not measured and not projected:
         return Markup("")
-    chance = _number(chance)
-    if chance is not None and not 0 < chance < 1:
-        chance = None
 
     width, height = 460.0, 300.0
     left, right, top, bottom = 56.0, 14.0, 32.0, 50.0
     plot_w, plot_h = width - left - right, height - top - bottom
 
-    sizes = [p[0] for p in measured + projected]
+    sizes = [float(p[0]) for p in measured + projected]
     x_low, x_high = min(sizes), max(sizes)
     if x_high / x_low < 4:  # one point, or a narrow range: widen around it
         middle = math.sqrt(x_low * x_high)

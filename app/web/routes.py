@@ -17,22 +17,21 @@ from app.api.deps import (
     check_request_size,
     read_uploads,
 )
-from app.db.tables import Account
+from app.db.tables import ACTIVE_JOB_STATUSES, Account
 from app.errors import InvalidInput, NanoNetError, NotFound
 from app.schemas.jobs import JobOut
 from app.schemas.models import ModelOut
-from app.services import nanonets
+from app.services import models as model_service
 from app.services.accounts import authenticate
 from app.services.images import add_images
 from app.services.jobs import active_job, get_job
-from app.services.prediction import predict
+from app.services.predictions import predict
 from app.services.training import request_training
 from app.web.deps import SIGN_IN_PATH, WebAccountDep, WebRoute, signed_in_account
-from app.web.summary import version_metrics
+from app.web.summary import version_summary
 from app.web.templating import STATIC_DIR, error_page, render
 
 MODELS_PATH = "/web/models"
-ACTIVE_JOB_STATES = ("queued", "running")
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
 
@@ -66,7 +65,7 @@ def chosen_files(files: list[UploadFile] | None) -> list[UploadFile]:
     return chosen
 
 
-def job_to_show(session: Session, *, account: Account, nanonet_id: str,
+def job_to_show(session: Session, *, account: Account, model_id: str,
                 job_id: str | None) -> JobOut | None:
     """The job named in the URL if it is this model's, else the model's running training job."""
     job = None
@@ -75,30 +74,40 @@ def job_to_show(session: Session, *, account: Account, nanonet_id: str,
             job = get_job(session, account=account, job_id=job_id)
         except NotFound:
             job = None
-        if job is not None and job.nanonet_id != nanonet_id:
+        if job is not None and job.model_id != model_id:
             job = None
     if job is None:
-        job = active_job(session, nanonet_id=nanonet_id, kind="train")
+        job = active_job(session, model_id=model_id, kind="train")
     return JobOut.build(job) if job is not None else None
 
 
 def model_page(request: Request, session: Session, *, account: Account, model_id: str,
                job_id: str | None = None, status: int = 200, **extra: Any) -> Response:
-    nanonet = nanonets.get_nanonet(session, account=account, nanonet_id=model_id)
-    model = ModelOut.build(nanonet, nanonets.category_counts(session, nanonet_ids=[nanonet.id]))
-    job = job_to_show(session, account=account, nanonet_id=nanonet.id, job_id=job_id)
-    version = nanonet.active_version
-    details = version_metrics(nanonet, version) if version is not None else None
+    row = model_service.get_model(session, account=account, model_id=model_id)
+    model = ModelOut.build(row, model_service.category_counts(session, model_ids=[row.id]))
+    job = job_to_show(session, account=account, model_id=row.id, job_id=job_id)
+    version = row.active_version
     return render(request, "model.html", {
-        "signed_in": True, "model": model, "job": job, "details": details,
-        "job_is_active": job is not None and job.status in ACTIVE_JOB_STATES, **extra,
+        "signed_in": True, "model": model, "job": job,
+        "details": version_summary(version) if version is not None else None,
+        "job_is_active": job is not None and job.status in ACTIVE_JOB_STATUSES, **extra,
     }, status=status)
+
+
+def refused_page(request: Request, session: Session, exc: NanoNetError, *, account: Account,
+                 model_id: str, **extra: Any) -> Response:
+    """The model page again with the service's refusal and its status; NotFound stays a 404."""
+    if isinstance(exc, NotFound):
+        raise exc
+    session.rollback()
+    return model_page(request, session, account=account, model_id=model_id, status=exc.status,
+                      **extra)
 
 
 def models_page(request: Request, session: Session, *, account: Account, status: int = 200,
                 **extra: Any) -> Response:
-    items = nanonets.list_nanonets(session, account=account)
-    counts = nanonets.category_counts(session, nanonet_ids=[n.id for n in items])
+    items = model_service.list_models(session, account=account)
+    counts = model_service.category_counts(session, model_ids=[n.id for n in items])
     return render(request, "models.html", {
         "signed_in": True, "models": [ModelOut.build(n, counts) for n in items], **extra,
     }, status=status)
@@ -162,13 +171,13 @@ def create_model(request: Request, session: SessionDep, account: WebAccountDep,
                  name: Annotated[str, Form()] = "",
                  categories: Annotated[str, Form()] = "") -> Response:
     try:
-        nanonet = nanonets.create_nanonet(session, account=account, name=name,
+        model = model_service.create_model(session, account=account, name=name,
                                           categories=split_categories(categories))
     except NanoNetError as exc:
         session.rollback()
         return models_page(request, session, account=account, status=exc.status,
                            error=exc.message, form={"name": name, "categories": categories})
-    return see_other(model_path(nanonet.id))
+    return see_other(model_path(model.id))
 
 
 @router.get(MODELS_PATH + "/{model_id}")
@@ -182,17 +191,12 @@ def upload_images(model_id: str, request: Request, session: SessionDep, runtime:
                   account: WebAccountDep, category: Annotated[str, Form()] = "",
                   files: FilesForm = None) -> Response:
     try:
-        results = add_images(session, runtime, account=account, nanonet_id=model_id,
+        results = add_images(session, runtime, account=account, model_id=model_id,
                              category=category,
                              uploads=read_uploads(chosen_files(files), runtime))
     except NanoNetError as exc:
-        if isinstance(exc, NotFound):
-            raise
-        session.rollback()
-        return model_page(request, session, account=account, model_id=model_id,
-                          status=exc.status, upload={
-                              "category": category.strip(), "results": results_of(exc),
-                              "error": exc.message})
+        return refused_page(request, session, exc, account=account, model_id=model_id, upload={
+            "category": category.strip(), "results": results_of(exc), "error": exc.message})
     return model_page(request, session, account=account, model_id=model_id, upload={
         "category": category.strip(), "results": results,
         "accepted": sum(result["status"] == "accepted" for result in results)})
@@ -202,13 +206,10 @@ def upload_images(model_id: str, request: Request, session: SessionDep, runtime:
 def train_model(model_id: str, request: Request, session: SessionDep, runtime: RuntimeDep,
                 account: WebAccountDep) -> Response:
     try:
-        job = request_training(session, runtime, account=account, nanonet_id=model_id)
+        job = request_training(session, runtime, account=account, model_id=model_id)
     except NanoNetError as exc:
-        if isinstance(exc, NotFound):
-            raise
-        session.rollback()
-        return model_page(request, session, account=account, model_id=model_id,
-                          status=exc.status, train_error=exc.message)
+        return refused_page(request, session, exc, account=account, model_id=model_id,
+                            train_error=exc.message)
     return see_other(f"{model_path(model_id)}?job={job.id}#training")
 
 
@@ -217,17 +218,13 @@ def predict_images(model_id: str, request: Request, session: SessionDep, runtime
                    account: WebAccountDep, files: FilesForm = None,
                    reject_unknown: Annotated[bool, Form()] = False) -> Response:
     try:
-        version, results = predict(session, runtime, account=account, nanonet_id=model_id,
+        version, results = predict(session, runtime, account=account, model_id=model_id,
                                    uploads=read_uploads(chosen_files(files), runtime),
                                    reject_unknown=reject_unknown)
     except NanoNetError as exc:
-        if isinstance(exc, NotFound):
-            raise
-        session.rollback()
-        return model_page(request, session, account=account, model_id=model_id,
-                          status=exc.status, prediction={
-                              "results": results_of(exc), "error": exc.message,
-                              "reject_unknown": reject_unknown})
+        return refused_page(request, session, exc, account=account, model_id=model_id,
+                            prediction={"results": results_of(exc), "error": exc.message,
+                                        "reject_unknown": reject_unknown})
     return model_page(request, session, account=account, model_id=model_id,
                       prediction={"version": version, "results": results,
                                   "reject_unknown": reject_unknown})
@@ -236,7 +233,7 @@ def predict_images(model_id: str, request: Request, session: SessionDep, runtime
 @router.post(MODELS_PATH + "/{model_id}/delete")
 def delete_model(model_id: str, session: SessionDep, runtime: RuntimeDep,
                  account: WebAccountDep) -> Response:
-    nanonets.delete_nanonet(session, runtime, account=account, nanonet_id=model_id)
+    model_service.delete_model(session, runtime, account=account, model_id=model_id)
     return see_other(MODELS_PATH)
 
 

@@ -10,8 +10,9 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from app.ml.registry import display_name
 from app.web.charts import confusion_matrix_svg, learning_curve_svg
-from app.web.summary import backbone_name, head_name
+from app.web.summary import head_name
 
 WEB_DIR = Path(__file__).parent
 STATIC_DIR = WEB_DIR / "static"
@@ -39,7 +40,7 @@ def percent(value: Any, digits: int = 1) -> str:
 
 
 templates.env.filters["percent"] = percent
-templates.env.filters["backbone_name"] = backbone_name
+templates.env.filters["backbone_name"] = display_name
 templates.env.filters["head_name"] = head_name
 templates.env.globals["confusion_matrix_svg"] = confusion_matrix_svg
 templates.env.globals["learning_curve_svg"] = learning_curve_svg

@@ -1,11 +1,21 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import BAD_INPUTS, bearer, create_model, files_of, tree_photos, upload
+from app.main import create_app
+from tests.conftest import (
+    BAD_INPUTS,
+    bearer,
+    create_model,
+    files_of,
+    make_settings,
+    tree_photos,
+    upload,
+)
 
 # The answers ../shared/datasets/bad_inputs/README.md asks of a robust service.
 REJECTED = {
@@ -115,3 +125,31 @@ def test_missing_files_unknown_category_and_missing_category(client: TestClient)
     missing = client.post(f"/api/v1/models/{model_id}/images",
                           files=files_of(*tree_photos("hemlock")[:1]), headers=bearer())
     assert missing.status_code == 422
+
+
+@pytest.mark.parametrize(("limit", "code"), [({"max_request_bytes": 100_000}, "request_too_large"),
+                                           ({"max_files_per_request": 2}, "too_many_files")])
+def test_a_request_over_a_limit_is_413_before_anything_is_stored(
+        tmp_path, limit: dict[str, int], code: str) -> None:  # type: ignore[no-untyped-def]
+    with TestClient(create_app(make_settings(tmp_path, **limit))) as small:
+        model_id = create_model(small)
+        response = upload(small, model_id, "hemlock", tree_photos("hemlock")[:3])  # ~130 kB
+        assert response.status_code == 413
+        error = response.json()["error"]
+        assert error["code"] == code and str(next(iter(limit.values()))) in error["message"]
+        assert stored_blobs(small) == []
+        assert upload(small, model_id, "hemlock", tree_photos("hemlock")[:1]).status_code == 200
+
+
+def test_the_same_image_uploaded_twice_at_once_is_stored_once(client: TestClient) -> None:
+    model_id = create_model(client)
+    photos = tree_photos("hemlock")[:6]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        responses = list(pool.map(lambda _: upload(client, model_id, "hemlock", photos), range(2)))
+    assert [r.status_code for r in responses] == [200, 200], [r.text for r in responses]
+    results = [r.json()["results"] for r in responses]
+    for first, second in zip(*results, strict=True):
+        assert {first["status"], second["status"]} <= {"accepted", "duplicate"}
+        assert first["image_id"] == second["image_id"]  # one row, whoever wrote it
+    model = client.get(f"/api/v1/models/{model_id}", headers=bearer()).json()
+    assert model["categories"][0]["count"] == len(photos)

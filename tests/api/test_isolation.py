@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
+from app.db.tables import Job
 from app.services.accounts import create_account
 from tests.conftest import OTHER_KEY, bearer, create_model, files_of, tree_photos
 
@@ -10,9 +12,13 @@ def test_another_account_sees_404_never_the_data(client: TestClient, trained_tre
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
     with runtime.session_factory() as session:
         create_account(session, name="other", key=OTHER_KEY)
+    with runtime.session_factory() as session:
+        job_id = session.scalars(select(Job.id).where(Job.model_id == trained_trees)).first()
     other = bearer(OTHER_KEY)
     model_id = trained_trees
     photo = tree_photos("hemlock")[:1]
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=bearer()).status_code == 200
+    assert client.get(f"/api/v1/models/{model_id}/metrics", headers=bearer()).status_code == 200
 
     assert client.get("/api/v1/models", headers=other).json()["models"] == []
     requests = [
@@ -21,6 +27,8 @@ def test_another_account_sees_404_never_the_data(client: TestClient, trained_tre
                     files=files_of(*photo), headers=other),
         client.post(f"/api/v1/models/{model_id}/train", headers=other),
         client.post(f"/api/v1/models/{model_id}/predict", files=files_of(*photo), headers=other),
+        client.get(f"/api/v1/models/{model_id}/metrics", headers=other),
+        client.get(f"/api/v1/jobs/{job_id}", headers=other),
         client.delete(f"/api/v1/models/{model_id}", headers=other),
     ]
     for response in requests:

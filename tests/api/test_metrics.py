@@ -6,14 +6,10 @@ from sqlalchemy import select
 
 from app.db.tables import Job
 from tests.conftest import (
-    BAD_INPUTS,
-    TREES,
     bearer,
     create_model,
-    files_of,
     tree_photos,
     upload,
-    wait_for_job,
 )
 
 pytestmark = pytest.mark.slow
@@ -47,61 +43,14 @@ def test_metrics_before_training_is_409(client: TestClient) -> None:
     assert response.json()["error"]["code"] == "model_not_trained"
 
 
-def test_reject_unknown_labels_other_things_unknown(client: TestClient, trained_trees: str) -> None:
-    odd = [BAD_INPUTS / name for name in ("rgba_alpha.png", "gray16.png", "wide_4000x10.jpg")]
-    response = client.post(f"/api/v1/models/{trained_trees}/predict?reject_unknown=true",
-                           files=files_of(TREES / "test" / "hemlock" / "test_image.jpg", *odd),
-                           headers=bearer())
-    assert response.status_code == 200, response.text
-    results = response.json()["results"]
-    # synthetic drawings are nothing like tree photos
-    assert all(r["label"] == "unknown" for r in results[1:]), results
-    assert all(len(r["predictions"]) == 2 for r in results)
-    plain = client.post(f"/api/v1/models/{trained_trees}/predict", files=files_of(*odd),
-                        headers=bearer()).json()["results"]
-    assert all(r["label"] in ("hemlock", "japanese_cherry") for r in plain)
-
-
-def test_reject_unknown_needs_a_calibrated_version(client: TestClient) -> None:
-    model_id = create_model(client)
-    upload(client, model_id, "hemlock", tree_photos("hemlock")[:1])
-    upload(client, model_id, "japanese_cherry", tree_photos("japanese_cherry")[:1])
-    job_id = client.post(f"/api/v1/models/{model_id}/train", headers=bearer()).json()["job_id"]
-    assert wait_for_job(client, job_id)["status"] == "succeeded"
-    response = client.post(f"/api/v1/models/{model_id}/predict?reject_unknown=true",
-                           files=files_of(tree_photos("hemlock")[1]), headers=bearer())
-    assert response.status_code == 409
-    assert response.json()["error"]["code"] == "unknown_not_calibrated"
-
-
 def test_upload_starts_background_feature_extraction(client: TestClient) -> None:
     model_id = create_model(client)
     assert upload(client, model_id, "hemlock", tree_photos("hemlock")[:3]).status_code == 200
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
     runtime.queue.join(timeout=120)
     with runtime.session_factory() as session:
-        jobs = session.scalars(select(Job).where(Job.nanonet_id == model_id)).all()
+        jobs = session.scalars(select(Job).where(Job.model_id == model_id)).all()
     assert [(j.kind, j.status) for j in jobs] == [("extract", "succeeded")]
     digests = [r["sha256"] for r in upload(client, model_id, "hemlock",
                                            tree_photos("hemlock")[:3]).json()["results"]]
     assert all(runtime.features.get(d, "mobilenet_v2") is not None for d in digests)
-
-
-def test_reject_unknown_when_the_detector_uses_another_backbone(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from app.main import create_app
-    from tests.conftest import make_settings, wait_for_job
-
-    settings = make_settings(tmp_path, backbones="mobilenet_v2,efficientnet_lite2")
-    with TestClient(create_app(settings)) as client:
-        model_id = create_model(client)
-        for label in ("hemlock", "japanese_cherry"):
-            upload(client, model_id, label, tree_photos(label))
-        job_id = client.post(f"/api/v1/models/{model_id}/train", headers=bearer()).json()["job_id"]
-        assert wait_for_job(client, job_id)["status"] == "succeeded"
-        for reject in ("true", "false"):
-            response = client.post(f"/api/v1/models/{model_id}/predict?reject_unknown={reject}",
-                                   files=files_of(TREES / "test" / "hemlock" / "test_image.jpg",
-                                                  BAD_INPUTS / "rgba_alpha.png"),
-                                   headers=bearer())
-            assert response.status_code == 200, response.text
-        assert response.json()["results"][0]["label"] == "hemlock"

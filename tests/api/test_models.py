@@ -4,7 +4,7 @@ import base64
 
 from fastapi.testclient import TestClient
 
-from tests.conftest import API_KEY, bearer, create_model
+from tests.conftest import API_KEY, bearer, create_model, tree_photos, upload
 
 
 def test_create_get_list_delete(client: TestClient) -> None:
@@ -77,3 +77,28 @@ def test_health_and_openapi(client: TestClient) -> None:
                  "/api/v1/jobs/{job_id}"):
         assert path in schema["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_deleting_a_model_keeps_what_another_model_shares(client: TestClient) -> None:
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    shared, own = tree_photos("hemlock")[:1], tree_photos("hemlock")[1:3]
+    doomed, kept = create_model(client, name="doomed"), create_model(client, name="kept")
+    doomed_results = upload(client, doomed, "hemlock", shared + own).json()["results"]
+    assert upload(client, kept, "hemlock", shared).status_code == 200
+    runtime.queue.join(timeout=120)  # the uploads' background extraction cached features
+    digests = [r["sha256"] for r in doomed_results]
+    assert all(runtime.features.get(d, "mobilenet_v2") is not None for d in digests)
+    model_dir = runtime.settings.models_dir / doomed
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "v.pt").write_bytes(b"a trained head")
+
+    assert client.delete(f"/api/v1/models/{doomed}", headers=bearer()).status_code == 204
+    shared_digest, own_digests = digests[0], digests[1:]
+    assert runtime.blobs.path(shared_digest).exists()
+    assert runtime.features.get(shared_digest, "mobilenet_v2") is not None
+    for digest in own_digests:
+        assert not runtime.blobs.path(digest).exists()
+        assert runtime.features.get(digest, "mobilenet_v2") is None
+    assert not model_dir.exists()
+    kept_model = client.get(f"/api/v1/models/{kept}", headers=bearer()).json()
+    assert kept_model["categories"][0]["count"] == 1

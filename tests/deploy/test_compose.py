@@ -1,4 +1,4 @@
-"""docker-compose cannot run here (no Docker engine), so its file is checked for what it promises."""
+"""docker-compose cannot run here (no Docker engine): its file is checked for what it promises."""
 
 from __future__ import annotations
 

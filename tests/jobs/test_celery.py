@@ -100,8 +100,8 @@ class Worker:
         )
 
     def child_pids(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, check=False,
-                             text=True).stdout
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True,
+                             check=False, text=True).stdout
         return [int(pid) for pid in out.split()]
 
     def stop(self) -> None:
@@ -188,7 +188,7 @@ def test_unreachable_broker_is_a_503_and_leaves_no_stuck_job(tmp_path: Path) -> 
             assert response.json()["error"]["code"] == "queue_unavailable"
         runtime = client.app.state.runtime  # type: ignore[attr-defined]
         with runtime.session_factory() as session:
-            jobs = list(session.scalars(select(Job).where(Job.nanonet_id == model_id)))
+            jobs = list(session.scalars(select(Job).where(Job.model_id == model_id)))
             assert {job.status for job in jobs} == {"failed"}
             # users read job errors: the broker URL (it may hold a password) must not leak
             assert all(job.error and "127.0.0.1" not in job.error for job in jobs)

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from app.db.tables import Job, NanoNet
+from app.db.tables import Job, Model
 from app.main import create_app
 from tests.conftest import bearer, create_model, make_settings, tree_photos, upload, wait_for_job
 
@@ -30,13 +30,13 @@ def _insert_job(data_dir: Path, model_id: str, *, status: str, attempts: int) ->
         runtime = client.app.state.runtime  # type: ignore[attr-defined]
         runtime.queue.stop()  # nothing runs in this process: it plays the one that died
         with runtime.session_factory() as session:
-            nanonet = session.get(NanoNet, model_id)
-            job = Job(account_id=nanonet.account_id, nanonet_id=model_id, kind="train")
+            model = session.get(Model, model_id)
+            job = Job(account_id=model.account_id, model_id=model_id, kind="train")
             session.add(job)
             session.commit()
             session.execute(update(Job).where(Job.id == job.id)
                             .values(status=status, attempts=attempts))
-            session.execute(update(NanoNet).where(NanoNet.id == model_id)
+            session.execute(update(Model).where(Model.id == model_id)
                             .values(state="training"))
             session.commit()
             return job.id

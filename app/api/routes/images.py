@@ -17,7 +17,7 @@ def upload_images(model_id: str, category: Annotated[str, Form(min_length=1)],
                   session: SessionDep, runtime: RuntimeDep, account: AccountDep,
                   files: Annotated[list[UploadFile] | None, File()] = None) -> UploadResponse:
     """Add images to one category; each file gets its own result (accepted/duplicate/rejected)."""
-    results = add_images(session, runtime, account=account, nanonet_id=model_id,
+    results = add_images(session, runtime, account=account, model_id=model_id,
                          category=category, uploads=read_uploads(files, runtime))
     return UploadResponse(model_id=model_id, category=category.strip(),
                           accepted=sum(r["status"] == "accepted" for r in results),

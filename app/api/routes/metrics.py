@@ -12,4 +12,4 @@ router = APIRouter(prefix="/models", tags=["metrics"])
 @router.get("/{model_id}/metrics", response_model=MetricsOut)
 def read_metrics(model_id: str, session: SessionDep, account: AccountDep) -> MetricsOut:
     """Cross-validated metrics of the active version, the model chosen, and the learning curve."""
-    return MetricsOut.build(*version_metrics(session, account=account, nanonet_id=model_id))
+    return MetricsOut.build(*version_metrics(session, account=account, model_id=model_id))

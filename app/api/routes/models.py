@@ -4,33 +4,33 @@ from fastapi import APIRouter, Response, status
 
 from app.api.deps import AccountDep, RuntimeDep, SessionDep
 from app.schemas.models import ModelCreate, ModelList, ModelOut
-from app.services import nanonets
+from app.services import models as model_service
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelOut)
 def create_model(body: ModelCreate, session: SessionDep, account: AccountDep) -> ModelOut:
-    nanonet = nanonets.create_nanonet(session, account=account, name=body.name,
+    model = model_service.create_model(session, account=account, name=body.name,
                                       categories=body.categories)
-    return ModelOut.build(nanonet, {})
+    return ModelOut.build(model, {})
 
 
 @router.get("", response_model=ModelList)
 def list_models(session: SessionDep, account: AccountDep) -> ModelList:
-    items = nanonets.list_nanonets(session, account=account)
-    counts = nanonets.category_counts(session, nanonet_ids=[n.id for n in items])
+    items = model_service.list_models(session, account=account)
+    counts = model_service.category_counts(session, model_ids=[n.id for n in items])
     return ModelList(models=[ModelOut.build(n, counts) for n in items])
 
 
 @router.get("/{model_id}", response_model=ModelOut)
 def get_model(model_id: str, session: SessionDep, account: AccountDep) -> ModelOut:
-    nanonet = nanonets.get_nanonet(session, account=account, nanonet_id=model_id)
-    return ModelOut.build(nanonet, nanonets.category_counts(session, nanonet_ids=[nanonet.id]))
+    model = model_service.get_model(session, account=account, model_id=model_id)
+    return ModelOut.build(model, model_service.category_counts(session, model_ids=[model.id]))
 
 
 @router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_model(model_id: str, session: SessionDep, runtime: RuntimeDep,
                  account: AccountDep) -> Response:
-    nanonets.delete_nanonet(session, runtime, account=account, nanonet_id=model_id)
+    model_service.delete_model(session, runtime, account=account, model_id=model_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

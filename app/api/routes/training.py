@@ -13,6 +13,9 @@ router = APIRouter(prefix="/models", tags=["training"])
              response_model=JobAccepted)
 def train_model(model_id: str, session: SessionDep, runtime: RuntimeDep,
                 account: AccountDep) -> JobAccepted:
-    """Queue training; poll GET /api/v1/jobs/{job_id}. A second call while training returns the same job."""
-    job = request_training(session, runtime, account=account, nanonet_id=model_id)
+    """Queue training; poll GET /api/v1/jobs/{job_id}.
+
+    A second call while training returns the same job.
+    """
+    job = request_training(session, runtime, account=account, model_id=model_id)
     return JobAccepted(job_id=job.id, status=job.status)

@@ -5,8 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, UploadFile
 
 from app.api.deps import AccountDep, RuntimeDep, SessionDep, check_request_size, read_uploads
-from app.schemas.images import PredictResponse, PredictResult
-from app.services.prediction import predict
+from app.schemas.predictions import PredictResponse, PredictResult
+from app.services.predictions import predict
 
 router = APIRouter(prefix="/models", tags=["predict"])
 
@@ -20,7 +20,7 @@ def predict_images(model_id: str, session: SessionDep, runtime: RuntimeDep, acco
 
     With `reject_unknown=true`, images unlike every category get the label `unknown`.
     """
-    version, results = predict(session, runtime, account=account, nanonet_id=model_id,
+    version, results = predict(session, runtime, account=account, model_id=model_id,
                                uploads=read_uploads(files, runtime),
                                reject_unknown=reject_unknown)
     return PredictResponse(model_id=model_id, version=version,

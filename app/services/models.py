@@ -8,7 +8,7 @@ import shutil
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.db.tables import Account, Category, Image, ImageLabel, NanoNet
+from app.db.tables import Account, Category, Image, ImageLabel, Model
 from app.errors import InvalidInput, NotFound
 from app.runtime import Runtime
 
@@ -23,9 +23,9 @@ def clean_categories(names: list[str]) -> list[str]:
     """Return trimmed category names; raises InvalidInput for empty, reserved or duplicate ones."""
     cleaned = [name.strip() for name in names]
     if len(cleaned) < 2:
-        raise InvalidInput("A NanoNet needs at least 2 categories.", code="too_few_categories")
+        raise InvalidInput("A model needs at least 2 categories.", code="too_few_categories")
     if len(cleaned) > MAX_CATEGORIES:
-        raise InvalidInput(f"A NanoNet can have at most {MAX_CATEGORIES} categories.",
+        raise InvalidInput(f"A model can have at most {MAX_CATEGORIES} categories.",
                            code="too_many_categories")
     seen: set[str] = set()
     for name in cleaned:
@@ -41,67 +41,79 @@ def clean_categories(names: list[str]) -> list[str]:
     return cleaned
 
 
-def create_nanonet(session: Session, *, account: Account, name: str,
-                   categories: list[str]) -> NanoNet:
-    """Create a NanoNet with its categories; raises InvalidInput."""
+def create_model(session: Session, *, account: Account, name: str,
+                   categories: list[str]) -> Model:
+    """Create a model with its categories; raises InvalidInput."""
     name = name.strip()
     if not name or len(name) > MAX_NAME_LENGTH:
         raise InvalidInput(f"The name must be 1 to {MAX_NAME_LENGTH} characters long.",
                            code="invalid_name")
-    nanonet = NanoNet(account_id=account.id, name=name, state="created")
-    nanonet.categories = [Category(name=category, position=index)
+    model = Model(account_id=account.id, name=name)
+    model.categories = [Category(name=category, position=index)
                           for index, category in enumerate(clean_categories(categories))]
-    session.add(nanonet)
+    session.add(model)
     session.commit()
-    return nanonet
+    return model
 
 
-def get_nanonet(session: Session, *, account: Account, nanonet_id: str) -> NanoNet:
+def get_model(session: Session, *, account: Account, model_id: str) -> Model:
     """Return the account's NanoNet; raises NotFound for a missing or foreign one."""
-    nanonet = session.get(NanoNet, nanonet_id)
-    if nanonet is None or nanonet.account_id != account.id:
-        raise NotFound(f"No NanoNet with id {nanonet_id!r}.", code="model_not_found")
-    return nanonet
+    model = session.get(Model, model_id)
+    if model is None or model.account_id != account.id:
+        raise NotFound(f"No model with id {model_id!r}.", code="model_not_found")
+    return model
 
 
-def list_nanonets(session: Session, *, account: Account) -> list[NanoNet]:
-    return list(session.scalars(select(NanoNet).where(NanoNet.account_id == account.id)
-                                .order_by(NanoNet.created_at.desc())))
+def list_models(session: Session, *, account: Account) -> list[Model]:
+    return list(session.scalars(select(Model).where(Model.account_id == account.id)
+                                .order_by(Model.created_at.desc())))
 
 
-def category_counts(session: Session, *, nanonet_ids: list[str]) -> dict[int, int]:
+def category_counts(session: Session, *, model_ids: list[str]) -> dict[int, int]:
     """Return {category id: number of images} for the given NanoNets."""
-    if not nanonet_ids:
+    if not model_ids:
         return {}
     rows = session.execute(
         select(Category.id, func.count(ImageLabel.image_id))
         .outerjoin(ImageLabel, ImageLabel.category_id == Category.id)
-        .where(Category.nanonet_id.in_(nanonet_ids)).group_by(Category.id)
+        .where(Category.model_id.in_(model_ids)).group_by(Category.id)
     )
     return {category_id: count for category_id, count in rows}
 
 
-def delete_nanonet(session: Session, runtime: Runtime, *, account: Account,
-                   nanonet_id: str) -> None:
-    """Delete a NanoNet, its rows, its model files and images no other NanoNet uses."""
-    nanonet = get_nanonet(session, account=account, nanonet_id=nanonet_id)
-    digests = set(session.scalars(select(Image.sha256).where(Image.nanonet_id == nanonet.id)))
-    session.delete(nanonet)
+def delete_model(session: Session, runtime: Runtime, *, account: Account,
+                   model_id: str) -> None:
+    """Delete a model, its rows, its model files, and images (with their cached features) that
+    no other model uses."""
+    model = get_model(session, account=account, model_id=model_id)
+    digests = set(session.scalars(select(Image.sha256).where(Image.model_id == model.id)))
+    session.delete(model)
     session.commit()
     # Files go only after the commit: a failed delete must not leave rows pointing at nothing.
-    shutil.rmtree(runtime.settings.models_dir / nanonet_id, ignore_errors=True)
+    shutil.rmtree(runtime.settings.models_dir / model_id, ignore_errors=True)
+    removed = remove_unused_images(session, runtime, digests=digests)
+    log.info("models.deleted id=%s images_removed=%d", model_id, removed)
+
+
+def remove_unused_images(session: Session, runtime: Runtime, *, digests: set[str]) -> int:
+    """Delete the stored bytes and cached features of digests no image row refers to any more.
+
+    Call after the commit that dropped the rows; return how many images left the disk.
+    """
     still_used = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(digests))))
-    for digest in digests - still_used:
+    unused = digests - still_used
+    for digest in unused:
         runtime.blobs.delete(digest)
-    log.info("models.deleted id=%s images_removed=%d", nanonet_id, len(digests - still_used))
+        runtime.features.discard(digest)
+    return len(unused)
 
 
-def training_set(session: Session, *, nanonet_id: str) -> list[tuple[int, str, int]]:
+def training_set(session: Session, *, model_id: str) -> list[tuple[int, str, int]]:
     """Return (image id, sha256, category position) for every labelled image, by image id."""
     rows = session.execute(
         select(Image.id, Image.sha256, Category.position)
         .join(ImageLabel, ImageLabel.image_id == Image.id)
         .join(Category, Category.id == ImageLabel.category_id)
-        .where(Image.nanonet_id == nanonet_id).order_by(Image.id)
+        .where(Image.model_id == model_id).order_by(Image.id)
     )
     return [(image_id, digest, position) for image_id, digest, position in rows]

@@ -1,10 +1,16 @@
-"""The `nanonet` command: serve, keys create, migrate."""
+"""The `nanonet` command: serve, keys create, migrate, import, export-images."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from app.client import DEFAULT_URL, ApiError, Client, Report, export_images, import_folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +29,23 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("migrate", help="apply database migrations")
 
+    upload = commands.add_parser(
+        "import", help="upload a folder with one subfolder per category to a model over REST",
+        description="Upload DIR/<category>/* to a model (DIR/_unlabelled/* to its unlabelled "
+                    "pool), creating missing categories. Images the model already holds are "
+                    "skipped by content, so a rerun resumes an interrupted import.")
+    _client_arguments(upload)
+    upload.add_argument("--batch-size", type=int, default=16, help="files per request")
+    upload.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)
+    export = commands.add_parser(
+        "export-images", help="download a model's images into one subfolder per category",
+        description="Write every image of a model, as uploaded, to DIR/<category>/ "
+                    "(DIR/_unlabelled/ for the pool); the inverse of `nanonet import`.")
+    _client_arguments(export)
+
     args = parser.parse_args(argv)
+    if args.command in ("import", "export-images"):
+        return _transfer(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     if args.command == "serve":
@@ -31,6 +53,88 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys":
         return _create_key(args.name)
     return _migrate()
+
+
+def _client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="ID", help="the model's id")
+    parser.add_argument("dir", type=Path, metavar="DIR")
+    parser.add_argument("--url", default=os.environ.get("NANONET_URL", DEFAULT_URL),
+                        help="the server (default: $NANONET_URL or %(default)s)")
+    parser.add_argument("--key", default=os.environ.get("NANONET_API_KEY"),
+                        help="API key (default: $NANONET_API_KEY, which keeps it out of `ps`)")
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    """Exit 0 when every file went, 1 when some failed (listed), 2 when nothing could run."""
+    if not args.key:
+        print("nanonet: no API key: set NANONET_API_KEY or pass --key.", file=sys.stderr)
+        return 2
+    if args.command == "import" and args.batch_size < 1:
+        print("nanonet: --batch-size must be at least 1.", file=sys.stderr)
+        return 2
+    verb = "imported" if args.command == "import" else "exported"
+    progress = _ProgressBar(verb)
+    try:
+        with Client(args.url, args.key) as client:
+            if args.command == "import":
+                report = import_folder(client, args.model, args.dir,
+                                       batch_size=args.batch_size, limit=args.limit,
+                                       on_plan=progress)
+            else:
+                report = export_images(client, args.model, args.dir,
+                                       on_plan=progress)
+    except ApiError as exc:
+        print(f"nanonet: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nnanonet: interrupted; run the same command again to resume.", file=sys.stderr)
+        return 130
+    finally:
+        progress.close()
+    _print_report(report, verb)
+    return 1 if report.failures else 0
+
+
+class _ProgressBar:
+    """tqdm's bar when it is installed, else a counter on stderr; started once the total is
+    known (called with it, returns the callback that counts files), closed at the end."""
+
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
+        self.close: Callable[[], None] = lambda: None
+
+    def __call__(self, total: int, skipped: int) -> Callable[[int], None]:
+        if skipped:
+            print(f"{skipped} already there, skipped", file=sys.stderr)
+        try:
+            tqdm = importlib.import_module("tqdm").tqdm
+        except ImportError:
+            return self._counter(total)
+        bar = tqdm(total=total, unit="file", desc=self.verb, file=sys.stderr)
+        self.close = bar.close
+        return lambda n: bar.update(n)
+
+    def _counter(self, total: int) -> Callable[[int], None]:
+        done = 0
+
+        def count(n: int) -> None:
+            nonlocal done
+            done += n
+            print(f"\r{self.verb} {done}/{total}", end="", file=sys.stderr, flush=True)
+
+        self.close = lambda: print(file=sys.stderr) if done else None
+        return count
+
+
+def _print_report(report: Report, verb: str) -> None:
+    for name in report.created_categories:
+        print(f"created category {name!r}")
+    print(f"{verb} {report.done} files, skipped {report.skipped} already there, "
+          f"{len(report.failures)} failed")
+    if report.failures:
+        print("failed:", file=sys.stderr)
+        for path, reason in report.failures:
+            print(f"  {path}: {reason}", file=sys.stderr)
 
 
 def _serve(args: argparse.Namespace) -> int:

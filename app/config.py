@@ -112,6 +112,10 @@ class Settings(BaseSettings):
         return self.data_dir / "features"
 
     @property
+    def thumbnails_dir(self) -> Path:
+        return self.data_dir / "thumbnails"
+
+    @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
 

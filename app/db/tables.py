@@ -94,7 +94,9 @@ class Image(Base):
     """One training image of one NanoNet; its bytes live in the content-addressed store."""
 
     __tablename__ = "image"
-    __table_args__ = (UniqueConstraint("model_id", "sha256"),)
+    # AUTOINCREMENT: SQLite would otherwise hand a deleted image's id to the next upload, and
+    # versions (their image_ids, their review) would then name the wrong image.
+    __table_args__ = (UniqueConstraint("model_id", "sha256"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"), index=True)

@@ -63,6 +63,9 @@ class FitResult:
     metrics_note: str | None
     scores: list[dict[str, Any]] = field(default_factory=list)
     unknown: dict[str, Any] | None = None
+    # (N, n_classes) probabilities of each image (row order = the labels passed) from the outer
+    # fold that did not train on it: what the metrics were computed from. None without metrics.
+    out_of_fold: np.ndarray | None = None
 
 
 def candidates(backbones: Sequence[str], *, smallest_class: int) -> list[Candidate]:
@@ -168,7 +171,7 @@ def fit_model(
             n_classes=n_classes,
             backbone=detector_backbone,
         )
-    return FitResult(chosen, head, metrics, None, tables[0], unknown)
+    return FitResult(chosen, head, metrics, None, tables[0], unknown, out_of_fold=probs)
 
 
 # --- internals -------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Training images: decode-check each upload, store it content-addressed, label it."""
+"""Training images: decode-check each upload, store it content-addressed, label it; list,
+move (relabel, or back to the unlabelled pool) and delete them."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.tables import Account, Image, ImageLabel
-from app.errors import InvalidInput, NanoNetError
+from app.db.tables import Account, Category, Image, ImageLabel, Model
+from app.errors import Conflict, InvalidInput, NanoNetError, NotFound
 from app.ml.imaging import DecodedImage, ImageRejected, decode_image
 from app.runtime import Runtime
+from app.services import jobs as job_service
 from app.services.features import request_extraction
-from app.services.models import get_model
+from app.services.models import get_model, remove_unused_images
+from app.services.thumbnails import thumbnail_of
 
 log = logging.getLogger("nanonet.images")
 
@@ -77,11 +80,14 @@ def decode_uploads(uploads: list[Upload], settings: Settings,
 
 
 def add_images(session: Session, runtime: Runtime, *, account: Account, model_id: str,
-               category: str, uploads: list[Upload]) -> list[dict[str, Any]]:
-    """Store and label each acceptable upload; return one result per file, in order.
+               category: str | None, uploads: list[Upload]) -> list[dict[str, Any]]:
+    """Store each acceptable upload, labelled `category` or, for None, in the unlabelled pool;
+    return one result per file, in order.
 
-    Two requests adding the same image at once both read it as new; the second to commit hits
-    the (model, sha256) unique key, rolls back and runs again, now finding the image there.
+    An image already in the model is a duplicate, except that one waiting in the pool gets the
+    label (accepted) and one labelled otherwise is a label_conflict. Two requests adding the same
+    image at once both read it as new; the second to commit hits the (model, sha256) unique
+    key, rolls back and runs again, now finding the image there.
     """
     try:
         return _add_images(session, runtime, account=account, model_id=model_id,
@@ -93,22 +99,24 @@ def add_images(session: Session, runtime: Runtime, *, account: Account, model_id
 
 
 def _add_images(session: Session, runtime: Runtime, *, account: Account, model_id: str,
-                category: str, uploads: list[Upload]) -> list[dict[str, Any]]:
+                category: str | None, uploads: list[Upload]) -> list[dict[str, Any]]:
     model = get_model(session, account=account, model_id=model_id)
-    target = next((c for c in model.categories if c.name == category.strip()), None)
-    if target is None:
-        names = ", ".join(repr(c.name) for c in model.categories)
-        raise InvalidInput(f"No category {category!r} in this model; it has {names}.",
-                           code="unknown_category")
+    target = find_category(model, category)
     existing = _labels_by_digest(session, model.id)
     results: list[dict[str, Any]] = []
     added: list[tuple[dict[str, Any], Image]] = []
+    labelled: list[int] = []  # pool images this upload labels
     for result, upload, decoded in decode_uploads(uploads, runtime.settings, results):
         digest = runtime.blobs.put(upload.data)
         if digest in existing:
             image_id, category_id = existing[digest]
-            if category_id == target.id:
+            if target is None or category_id == target.id:
                 result.update(status="duplicate", image_id=image_id, sha256=digest)
+            elif category_id is None and image_id is not None:
+                result.update(status="accepted", image_id=image_id, sha256=digest,
+                              width=decoded.width, height=decoded.height)
+                labelled.append(image_id)
+                existing[digest] = (image_id, target.id)
             else:
                 other = next(c.name for c in model.categories if c.id == category_id)
                 result.update(rejection(upload.filename, ImageRejected(
@@ -118,7 +126,8 @@ def _add_images(session: Session, runtime: Runtime, *, account: Account, model_i
         image = Image(model_id=model.id, sha256=digest, filename=upload.filename[:500],
                       format=decoded.format, width=decoded.width, height=decoded.height,
                       size_bytes=len(upload.data))
-        existing[digest] = (None, target.id)  # a repeat later in this batch is a duplicate
+        # A repeat later in this batch is a duplicate.
+        existing[digest] = (None, target.id if target is not None else None)
         result.update(status="accepted", sha256=digest, width=decoded.width,
                       height=decoded.height)
         added.append((result, image))
@@ -127,23 +136,166 @@ def _add_images(session: Session, runtime: Runtime, *, account: Account, model_i
     # the first flush, should not be held while it runs.
     session.add_all([image for _, image in added])
     session.flush()
-    session.add_all([ImageLabel(image_id=image.id, category_id=target.id) for _, image in added])
+    if target is not None:
+        session.add_all([ImageLabel(image_id=image_id, category_id=target.id)
+                         for image_id in [image.id for _, image in added] + labelled])
     session.commit()
     ids = {image.sha256: image.id for _, image in added}
     for result in results:
         if result["status"] in ("accepted", "duplicate") and result.get("image_id") is None:
             result["image_id"] = ids[result["sha256"]]
-    if added:
+    if added or labelled:
         request_extraction(session, runtime, account=account, model=model)
-    log.info("images.added model=%s category=%s accepted=%d of %d", model.id, target.name,
-             len(added), len(results))
+    log.info("images.added model=%s category=%s accepted=%d of %d", model.id,
+             target.name if target is not None else "(unlabelled)", len(added) + len(labelled),
+             len(results))
     return results
 
 
-def _labels_by_digest(session: Session, model_id: str) -> dict[str, tuple[int | None, int]]:
+def _labels_by_digest(session: Session,
+                      model_id: str) -> dict[str, tuple[int | None, int | None]]:
+    """Return {sha256: (image id, category id or None in the pool)} of the model's images."""
     rows = session.execute(
         select(Image.sha256, Image.id, ImageLabel.category_id)
-        .join(ImageLabel, ImageLabel.image_id == Image.id)
+        .outerjoin(ImageLabel, ImageLabel.image_id == Image.id)
         .where(Image.model_id == model_id)
     )
     return {digest: (image_id, category_id) for digest, image_id, category_id in rows}
+
+
+def find_category(model: Model, name: str | None) -> Category | None:
+    """Return the model's category called `name` (None, or blank: the unlabelled pool);
+    raises InvalidInput naming the model's categories."""
+    if name is None or not name.strip():
+        return None
+    found = next((c for c in model.categories if c.name == name.strip()), None)
+    if found is None:
+        names = ", ".join(repr(c.name) for c in model.categories)
+        raise InvalidInput(f"No category {name!r} in this model; it has {names}.",
+                           code="unknown_category",
+                           details={"categories": [c.name for c in model.categories]})
+    return found
+
+
+LabelledImage = tuple[Image, str | None]  # an image row and its category name (None: the pool)
+
+
+def _labelled_images(model_id: str):  # type: ignore[no-untyped-def]
+    return (select(Image, Category.name)
+            .outerjoin(ImageLabel, ImageLabel.image_id == Image.id)
+            .outerjoin(Category, Category.id == ImageLabel.category_id)
+            .where(Image.model_id == model_id))
+
+
+def list_images(session: Session, *, account: Account, model_id: str, category: str | None,
+                labelled: bool | None, page: int,
+                per_page: int) -> tuple[list[LabelledImage], int]:
+    """Return (one page of the model's images in upload order, how many match in all).
+
+    `category` keeps that category's images, `labelled` the labelled (True) or pool (False)
+    ones; both together keep what both keep. Raises NotFound, InvalidInput for a category the
+    model does not have.
+    """
+    model = get_model(session, account=account, model_id=model_id)
+    target = find_category(model, category) if category is not None else None
+    conditions = [Image.model_id == model.id]
+    if target is not None:
+        conditions.append(ImageLabel.category_id == target.id)
+    if labelled is True:
+        conditions.append(ImageLabel.category_id.is_not(None))
+    elif labelled is False:
+        conditions.append(ImageLabel.category_id.is_(None))
+    query = _labelled_images(model.id).where(*conditions)
+    total = session.scalar(
+        select(func.count()).select_from(Image)
+        .outerjoin(ImageLabel, ImageLabel.image_id == Image.id).where(*conditions)) or 0
+    rows = session.execute(query.order_by(Image.id).offset((page - 1) * per_page)
+                           .limit(per_page))
+    return [(image, name) for image, name in rows], total
+
+
+def get_image(session: Session, *, account: Account, model_id: str,
+              image_id: int) -> LabelledImage:
+    """Return one image of the account's model with its category; raises NotFound."""
+    model = get_model(session, account=account, model_id=model_id)
+    row = session.execute(_labelled_images(model.id).where(Image.id == image_id)).first()
+    if row is None:
+        raise NotFound(f"No image {image_id} in this model.", code="image_not_found")
+    return row[0], row[1]
+
+
+def image_thumbnail(session: Session, runtime: Runtime, *, account: Account, model_id: str,
+                    image_id: int) -> tuple[Image, bytes]:
+    """Return the image and its JPEG thumbnail (made once, then cached); raises NotFound."""
+    image, _ = get_image(session, account=account, model_id=model_id, image_id=image_id)
+    return image, thumbnail_of(runtime, image.sha256)
+
+
+def image_original(session: Session, runtime: Runtime, *, account: Account, model_id: str,
+                   image_id: int) -> tuple[Image, bytes]:
+    """Return the image and the bytes exactly as uploaded; raises NotFound."""
+    image, _ = get_image(session, account=account, model_id=model_id, image_id=image_id)
+    try:
+        return image, runtime.blobs.read(image.sha256)
+    except FileNotFoundError as exc:  # deleted between the row read and the file read
+        raise NotFound(f"No image {image_id} in this model.", code="image_not_found") from exc
+
+
+def _own_images(session: Session, model: Model, image_ids: list[int]) -> list[Image]:
+    """Return the model's images with these ids; raises NotFound naming every missing one."""
+    wanted = set(image_ids)
+    images = list(session.scalars(select(Image).where(Image.model_id == model.id,
+                                                      Image.id.in_(wanted))
+                                  .order_by(Image.id)))
+    missing = sorted(wanted - {image.id for image in images})
+    if missing:
+        listed = ", ".join(str(image_id) for image_id in missing)
+        raise NotFound(f"No image {listed} in this model; nothing was changed.",
+                       code="image_not_found", details={"missing": missing})
+    return images
+
+
+def move_images(session: Session, *, account: Account, model_id: str, image_ids: list[int],
+                category: str | None) -> list[LabelledImage]:
+    """Label the images `category` (None: back to the unlabelled pool), all or none; return
+    them. Raises NotFound (naming missing ids), InvalidInput for an unknown category.
+
+    Allowed while the model trains: the job read its labels when it started.
+    """
+    model = get_model(session, account=account, model_id=model_id)
+    target = find_category(model, category)
+    images = _own_images(session, model, image_ids)
+    ids = [image.id for image in images]
+    session.execute(delete(ImageLabel).where(ImageLabel.image_id.in_(ids)))
+    if target is not None:
+        session.add_all([ImageLabel(image_id=image_id, category_id=target.id)
+                         for image_id in ids])
+    session.commit()
+    name = target.name if target is not None else None
+    log.info("images.moved model=%s category=%s images=%d", model.id, name or "(unlabelled)",
+             len(ids))
+    return [(image, name) for image in images]
+
+
+def delete_images(session: Session, runtime: Runtime, *, account: Account, model_id: str,
+                  image_ids: list[int]) -> list[int]:
+    """Delete the images, all or none, then the bytes, features and thumbnails no row needs
+    any more; return the deleted ids.
+
+    Raises NotFound (naming missing ids), Conflict while the model trains: the running job may
+    still have to read their bytes.
+    """
+    model = get_model(session, account=account, model_id=model_id)
+    if job_service.active_job(session, model_id=model.id, kind="train") is not None:
+        raise Conflict("This model is training; delete images once it has finished "
+                       "(moving them is allowed now).", code="model_training")
+    images = _own_images(session, model, image_ids)
+    ids = [image.id for image in images]
+    digests = {image.sha256 for image in images}
+    session.execute(delete(ImageLabel).where(ImageLabel.image_id.in_(ids)))
+    session.execute(delete(Image).where(Image.id.in_(ids)))
+    session.commit()
+    # Files go only after the commit, and only those no other row (of any model) refers to.
+    removed = remove_unused_images(session, runtime, digests=digests)
+    log.info("images.deleted model=%s images=%d blobs_removed=%d", model.id, len(ids), removed)
+    return ids

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from app.db.tables import Account, Category, Image, ImageLabel, Model
 from app.errors import InvalidInput, NotFound
 from app.runtime import Runtime
+from app.services.thumbnails import discard_thumbnail
 
 log = logging.getLogger("nanonet.models")
 
@@ -19,22 +20,34 @@ MAX_NAME_LENGTH = 200
 RESERVED_LABELS = frozenset({"unknown"})
 
 
+def clean_category_name(name: str) -> str:
+    """Return the trimmed name; raises InvalidInput for an empty, long, reserved one or a "/".
+
+    A "/" is refused because names are folder names for `nanonet import` and `export-images`.
+    """
+    cleaned = name.strip()
+    if not cleaned or len(cleaned) > MAX_NAME_LENGTH:
+        raise InvalidInput(f"Category names must be 1 to {MAX_NAME_LENGTH} characters long.",
+                           code="invalid_category")
+    if "/" in cleaned:
+        raise InvalidInput(f"Category names cannot contain '/': {cleaned!r}.",
+                           code="invalid_category")
+    if cleaned.lower() in RESERVED_LABELS:
+        raise InvalidInput(f"{cleaned!r} is reserved for images unlike every category.",
+                           code="reserved_category")
+    return cleaned
+
+
 def clean_categories(names: list[str]) -> list[str]:
     """Return trimmed category names; raises InvalidInput for empty, reserved or duplicate ones."""
-    cleaned = [name.strip() for name in names]
-    if len(cleaned) < 2:
+    if len(names) < 2:
         raise InvalidInput("A model needs at least 2 categories.", code="too_few_categories")
-    if len(cleaned) > MAX_CATEGORIES:
+    if len(names) > MAX_CATEGORIES:
         raise InvalidInput(f"A model can have at most {MAX_CATEGORIES} categories.",
                            code="too_many_categories")
+    cleaned = [clean_category_name(name) for name in names]
     seen: set[str] = set()
     for name in cleaned:
-        if not name or len(name) > MAX_NAME_LENGTH:
-            raise InvalidInput(f"Category names must be 1 to {MAX_NAME_LENGTH} characters long.",
-                               code="invalid_category")
-        if name.lower() in RESERVED_LABELS:
-            raise InvalidInput(f"{name!r} is reserved for images unlike every category.",
-                               code="reserved_category")
         if name.lower() in seen:
             raise InvalidInput(f"Category {name!r} is given twice.", code="duplicate_category")
         seen.add(name.lower())
@@ -96,7 +109,7 @@ def delete_model(session: Session, runtime: Runtime, *, account: Account,
 
 
 def remove_unused_images(session: Session, runtime: Runtime, *, digests: set[str]) -> int:
-    """Delete the stored bytes and cached features of digests no image row refers to any more.
+    """Delete the stored bytes, cached features and thumbnails of digests no image row refers to.
 
     Call after the commit that dropped the rows; return how many images left the disk.
     """
@@ -105,6 +118,7 @@ def remove_unused_images(session: Session, runtime: Runtime, *, digests: set[str
     for digest in unused:
         runtime.blobs.delete(digest)
         runtime.features.discard(digest)
+        discard_thumbnail(runtime, digest)
     return len(unused)
 
 

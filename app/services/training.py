@@ -18,6 +18,7 @@ from app.schemas.metrics import VersionMetrics, VersionParams
 from app.services import jobs as job_service
 from app.services.features import extract
 from app.services.models import get_model, training_set
+from app.services.review import out_of_fold_path, save_out_of_fold
 
 if TYPE_CHECKING:
     from app.ml.select import FitResult
@@ -105,12 +106,12 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
     progress("saving", 0.97)
     _save_version(runtime, job_id=job_id, labels=labels, result=result, metrics=metrics,
                   params=params, image_ids=[image_id for image_id, _, _ in rows],
-                  train_seconds=train_seconds)
+                  targets=[int(t) for t in targets], train_seconds=train_seconds)
 
 
 def _save_version(runtime: Runtime, *, job_id: str, labels: list[str], result: FitResult,
                   metrics: VersionMetrics | None, params: VersionParams, image_ids: list[int],
-                  train_seconds: float) -> None:
+                  targets: list[int], train_seconds: float) -> None:
     from app.ml.artifacts import save_artifact
 
     candidate = result.candidate
@@ -133,6 +134,10 @@ def _save_version(runtime: Runtime, *, job_id: str, labels: list[str], result: F
         save_artifact(runtime.settings.models_dir / relative, head=result.head, meta={
             "labels": labels, "backbone": candidate.backbone, "head": candidate.head,
             "version_id": version.id, "model_id": model.id, "unknown": result.unknown})
+        if result.out_of_fold is not None:  # what GET /review derives from, with no refit
+            save_out_of_fold(out_of_fold_path(runtime.settings.models_dir, relative),
+                             image_ids=image_ids, labels=targets,
+                             probabilities=result.out_of_fold)
         version.artifact_path = relative
         model.active_version_id = version.id
         model.state = ModelState.READY

@@ -4,6 +4,7 @@ import base64
 
 from fastapi.testclient import TestClient
 
+from app.services.thumbnails import thumbnail_path
 from tests.conftest import API_KEY, bearer, create_model, tree_photos, upload
 
 
@@ -91,14 +92,22 @@ def test_deleting_a_model_keeps_what_another_model_shares(client: TestClient) ->
     model_dir = runtime.settings.models_dir / doomed
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "v.pt").write_bytes(b"a trained head")
+    for result in doomed_results:
+        thumbnail = client.get(f"/api/v1/models/{doomed}/images/{result['image_id']}/thumbnail",
+                               headers=bearer())
+        assert thumbnail.status_code == 200
+    thumbnails = {d: thumbnail_path(runtime, d) for d in digests}
+    assert all(path.is_file() for path in thumbnails.values())
 
     assert client.delete(f"/api/v1/models/{doomed}", headers=bearer()).status_code == 204
     shared_digest, own_digests = digests[0], digests[1:]
     assert runtime.blobs.path(shared_digest).exists()
     assert runtime.features.get(shared_digest, "mobilenet_v2") is not None
+    assert thumbnails[shared_digest].is_file()
     for digest in own_digests:
         assert not runtime.blobs.path(digest).exists()
         assert runtime.features.get(digest, "mobilenet_v2") is None
+        assert not thumbnails[digest].exists()
     assert not model_dir.exists()
     kept_model = client.get(f"/api/v1/models/{kept}", headers=bearer()).json()
     assert kept_model["categories"][0]["count"] == 1

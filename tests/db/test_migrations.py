@@ -107,3 +107,23 @@ def test_renaming_nanonet_to_model_keeps_every_row(database_url: str) -> None:
     engine.dispose()
     downgrade_database(database_url, "0001")
     assert "nanonet" in _tables(database_url)
+
+
+def test_a_deleted_image_id_is_never_given_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ids.db'}"
+    upgrade_database(url)
+    engine = make_engine(url)
+    insert = text("INSERT INTO image (model_id, sha256, filename, source, format, width, height,"
+                  " size_bytes, created_at) VALUES ('m1', :h, 'a.jpg', 'upload', 'JPEG', 1, 1, 1,"
+                  " :t) RETURNING id")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO account (id, name, created_at) VALUES"
+                                " ('a1', 'alice', :t)"), NOW)
+        connection.execute(text("INSERT INTO model (id, account_id, name, kind, state,"
+                                " created_at, updated_at) VALUES ('m1', 'a1', 'x',"
+                                " 'single_label', 'ready', :t, :t)"), NOW)
+        first = connection.execute(insert, {**NOW, "h": "a" * 64}).scalar_one()
+        connection.execute(text("DELETE FROM image WHERE id = :id"), {"id": first})
+        second = connection.execute(insert, {**NOW, "h": "b" * 64}).scalar_one()
+    engine.dispose()
+    assert second > first

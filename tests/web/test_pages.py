@@ -288,7 +288,7 @@ def test_train_see_metrics_predict_and_delete(signed_in: TestClient) -> None:
 
 # --- the model page over a version injected with synthetic metrics (no training engine needed) ---
 
-SYNTHETIC_LABELS = ["hemlock", "japanese_cherry", "<b>oak</b> & \"friends\""]
+SYNTHETIC_LABELS = ["hemlock", "japanese_cherry", "<b>oak<b> & \"friends\""]
 
 
 def synthetic_metrics(labels: list[str] = SYNTHETIC_LABELS) -> dict[str, Any]:
@@ -357,7 +357,7 @@ def test_model_page_shows_charts_selection_and_curve(signed_in: TestClient) -> N
     page = signed_in.get(f"/web/models/{model_id}")
     assert page.status_code == 200, page.text
     text = page.text
-    assert "<b>oak</b>" not in text and "&lt;b&gt;oak&lt;/b&gt;" in text
+    assert "<b>oak<b>" not in text and "&lt;b&gt;oak&lt;b&gt;" in text
 
     svgs = re.findall(r"<svg .*?</svg>", text, re.DOTALL)
     assert len(svgs) == 2
@@ -370,7 +370,7 @@ def test_model_page_shows_charts_selection_and_curve(signed_in: TestClient) -> N
     assert "Predicted category" in confusion_svg and "True category" in confusion_svg
 
     assert "True hemlock: predicted hemlock 8, predicted japanese_cherry 1, predicted " \
-        "&lt;b&gt;oak&lt;/b&gt; &amp; &#34;friends&#34; 0." in confusion_svg  # counts for readers
+        "&lt;b&gt;oak&lt;b&gt; &amp; &#34;friends&#34; 0." in confusion_svg  # counts for readers
 
     assert ("EfficientNet-Lite2 + logistic regression, chosen among 5 backbones × 3 heads by "
             "cross-validation") in text

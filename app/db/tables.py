@@ -108,6 +108,10 @@ class Image(Base):
     height: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The category the image had when a person kept it in the review: while it still has that
+    # label it is not flagged as a suspected mislabel again.
+    kept_category_id: Mapped[int | None] = mapped_column(
+        ForeignKey("category.id", ondelete="SET NULL"), default=None)
 
 
 class ImageLabel(Base):

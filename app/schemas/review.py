@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class SuspectedMislabel(BaseModel):
@@ -58,3 +58,11 @@ class ReviewOut(BaseModel):
     duplicates: list[DuplicateGroup]
     hardest: list[HardestInCategory]
     confusions: list[Confusion]
+
+
+class KeepRequest(BaseModel):
+    image_ids: list[int] = Field(min_length=1, max_length=1000)
+
+
+class KeepResult(BaseModel):
+    image_ids: list[int]  # kept: not suspected of a wrong label again until it changes

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.tables import Account, Job, Model
+from app.db.tables import Account, Image, Job, Model
 from app.errors import Unavailable
 from app.services import jobs as job_service
-from app.services.models import training_set
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -70,12 +70,14 @@ def extract(runtime: Runtime, digests: list[str], *, backbones: list[str], views
 
 
 def run_extraction_job(runtime: Runtime, job_id: str) -> None:
-    """Job body: cache every candidate backbone's features of every view of a NanoNet's images."""
+    """Job body: cache every candidate backbone's features of every view of a NanoNet's images,
+    labelled and unlabelled alike, so training and suggestions find them cached."""
     with runtime.session_factory() as session:
         job = session.get(Job, job_id)
         if job is None or job.model_id is None:
             return
-        digests = [digest for _, digest, _ in training_set(session, model_id=job.model_id)]
+        digests = list(session.scalars(select(Image.sha256).where(Image.model_id == job.model_id)
+                                       .order_by(Image.id)))
     settings = runtime.settings
 
     def progress(fraction: float) -> None:

@@ -299,3 +299,13 @@ def delete_images(session: Session, runtime: Runtime, *, account: Account, model
     removed = remove_unused_images(session, runtime, digests=digests)
     log.info("images.deleted model=%s images=%d blobs_removed=%d", model.id, len(ids), removed)
     return ids
+
+
+def categories_of(session: Session, *, model_id: str,
+                  image_ids: list[int]) -> dict[int, str | None]:
+    """Return {image id: its category now, None in the pool} for the model's images among
+    `image_ids`; ids of other models or deleted images are left out."""
+    if not image_ids:
+        return {}
+    rows = session.execute(_labelled_images(model_id).where(Image.id.in_(set(image_ids))))
+    return {image.id: name for image, name in rows}

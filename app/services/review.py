@@ -8,6 +8,8 @@ and removed with the model's directory. The review is derived from it on request
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +17,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.tables import Account, Image, ModelVersion
+from app.db.tables import Account, Image, ImageLabel, ModelVersion
 from app.errors import Conflict, NotFound
 from app.schemas.review import (
     Confusion,
@@ -32,6 +34,8 @@ from app.storage import atomic_write
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
+
+log = logging.getLogger("nanonet.review")
 
 OUT_OF_FOLD_FORMAT = 1
 
@@ -122,9 +126,11 @@ def version_review(session: Session, runtime: Runtime, *, account: Account, mode
     # Confident learning estimates noise rates from the whole training set as trained; only
     # then are deleted images dropped.
     issues = [issue for issue in review.suspected_mislabels(labels, probs) if present[issue.row]]
+    kept_as_labelled = _kept_as_labelled(session, images.values())
     mislabels = [SuspectedMislabel(image_id=ids[i.row], file_name=name_of(i.row),
                                    category=names[i.label], suggested_category=names[i.suggested],
-                                   confidence=round(i.confidence, 4)) for i in issues]
+                                   confidence=round(i.confidence, 4))
+                 for i in issues if ids[i.row] not in kept_as_labelled]
 
     kept = np.flatnonzero(present)
     kept_labels, kept_probs = labels[kept], probs[kept]
@@ -160,3 +166,36 @@ def version_review(session: Session, runtime: Runtime, *, account: Account, mode
                      duplicate_threshold=review.DUPLICATE_COSINE,
                      suspected_mislabels=mislabels, duplicates=duplicates, hardest=hardest,
                      confusions=confusions)
+
+
+def _kept_as_labelled(session: Session, images: Iterable[Image]) -> set[int]:
+    """Ids of the images a person kept that still carry the label they were kept with."""
+    kept = {image.id: image.kept_category_id for image in images
+            if image.kept_category_id is not None}
+    if not kept:
+        return set()
+    labels = session.execute(select(ImageLabel.image_id, ImageLabel.category_id)
+                             .where(ImageLabel.image_id.in_(kept)))
+    return {image_id for image_id, category_id in labels if kept[image_id] == category_id}
+
+
+def keep_images(session: Session, *, account: Account, model_id: str,
+                image_ids: list[int]) -> list[int]:
+    """Mark the images as checked by a person, all or none: not suspected of a wrong label
+    again until their label changes. Return their ids; raises NotFound naming missing ids."""
+    model = get_model(session, account=account, model_id=model_id)
+    wanted = set(image_ids)
+    rows = session.execute(
+        select(Image, ImageLabel.category_id)
+        .outerjoin(ImageLabel, ImageLabel.image_id == Image.id)
+        .where(Image.model_id == model.id, Image.id.in_(wanted)).order_by(Image.id)).all()
+    missing = sorted(wanted - {image.id for image, _ in rows})
+    if missing:
+        listed = ", ".join(str(image_id) for image_id in missing)
+        raise NotFound(f"No image {listed} in this model; nothing was changed.",
+                       code="image_not_found", details={"missing": missing})
+    for image, category_id in rows:
+        image.kept_category_id = category_id
+    session.commit()
+    log.info("review.kept model=%s images=%d", model.id, len(rows))
+    return [image.id for image, _ in rows]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from urllib.parse import urlencode
 
 from markupsafe import Markup, escape
 
@@ -71,12 +72,13 @@ def _svg(width: float, height: float, body: Iterable[str], *, title: str, desc: 
 # --- confusion matrix ---------------------------------------------------------------------------
 
 
-def confusion_matrix_svg(confusion: ConfusionMatrix) -> Markup:
+def confusion_matrix_svg(confusion: ConfusionMatrix, *, mistakes_url: str | None = None) -> Markup:
     """The confusion matrix as a grid: rows the true category, columns the predicted one.
 
     Cells are shaded by their share of the row (green on the diagonal, red off it) and show the
     count; every cell has a tooltip with the count, the row total and the share, and the
-    description lists every count for screen readers.
+    description lists every count for screen readers. With `mistakes_url`, every off-diagonal
+    cell with a count links there, with `true` and `predicted` in the query, to its images.
     """
     names, counts = list(confusion.labels), confusion.matrix
     n = len(names)
@@ -134,7 +136,7 @@ def confusion_matrix_svg(confusion: ConfusionMatrix) -> Markup:
                    f"({share * 100:.0f}%)")
             color = "#ffffff" if share > 0.55 else TEXT
             weight = ' font-weight="700"' if i == j else ""
-            body.append(
+            drawn = (
                 f'<g class="cm-cell"><title>{escape(tip)}</title>'
                 f'<rect x="{_fmt(x)}" y="{_fmt(y)}" width="{cell}" height="{cell}" '
                 f'fill="{fill}" stroke="{LINE}"/>'
@@ -142,6 +144,11 @@ def confusion_matrix_svg(confusion: ConfusionMatrix) -> Markup:
                 f'text-anchor="middle" font-size="{FONT_SIZE}" fill="{color}"{weight}>'
                 f"{count}</text></g>"
             )
+            if mistakes_url is not None and i != j and count:
+                query = urlencode({"true": names[i], "predicted": names[j]})
+                href = escape(f"{mistakes_url}?{query}#confusions")
+                drawn = f'<a href="{href}" class="cm-link">{drawn}</a>'
+            body.append(drawn)
     body.append(f'<rect x="{_fmt(left)}" y="{_fmt(top)}" width="{grid}" height="{grid}" '
                 f'fill="none" stroke="{MUTED}"/>')
     correct = sum(counts[i][i] for i in range(n))

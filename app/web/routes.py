@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, Response, UploadFile
 from fastapi.responses import RedirectResponse
@@ -18,24 +22,32 @@ from app.api.deps import (
     read_uploads,
 )
 from app.db.tables import ACTIVE_JOB_STATUSES, Account
-from app.errors import InvalidInput, NanoNetError, NotFound
+from app.errors import Conflict, InvalidInput, NanoNetError, NotFound
+from app.runtime import Runtime
 from app.schemas.jobs import JobOut
 from app.schemas.models import ModelOut
+from app.services import categories as category_service
+from app.services import images as image_service
 from app.services import models as model_service
 from app.services.accounts import authenticate
 from app.services.images import add_images
 from app.services.jobs import active_job, get_job
 from app.services.predictions import predict
+from app.services.review import keep_images, version_review
+from app.services.suggestions import suggest
 from app.services.training import request_training
 from app.web.deps import SIGN_IN_PATH, WebAccountDep, WebRoute, signed_in_account
 from app.web.summary import version_summary
 from app.web.templating import STATIC_DIR, error_page, render
 
 MODELS_PATH = "/web/models"
+PER_PAGE = 24
+VIEWS = ("images", "pool", "review")
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
 
 FilesForm = Annotated[list[UploadFile] | None, File()]
+ImageIdsForm = Annotated[list[int] | None, Form()]
 
 
 def mount_web(app: FastAPI) -> None:
@@ -87,21 +99,108 @@ def model_page(request: Request, session: Session, *, account: Account, model_id
     model = ModelOut.build(row, model_service.category_counts(session, model_ids=[row.id]))
     job = job_to_show(session, account=account, model_id=row.id, job_id=job_id)
     version = row.active_version
+    _, pool_count = image_service.list_images(session, account=account, model_id=row.id,
+                                              category=None, labelled=False, page=1,
+                                              per_page=1)
     return render(request, "model.html", {
-        "signed_in": True, "model": model, "job": job,
+        "signed_in": True, "model": model, "job": job, "pool_count": pool_count,
         "details": version_summary(version) if version is not None else None,
         "job_is_active": job is not None and job.status in ACTIVE_JOB_STATUSES, **extra,
     }, status=status)
 
 
 def refused_page(request: Request, session: Session, exc: NanoNetError, *, account: Account,
-                 model_id: str, **extra: Any) -> Response:
-    """The model page again with the service's refusal and its status; NotFound stays a 404."""
+                 model_id: str, page: Callable[..., Response] = model_page,
+                 **extra: Any) -> Response:
+    """The page again (the model page unless `page` says which) with the service's refusal
+    and its status; NotFound stays a 404."""
     if isinstance(exc, NotFound):
         raise exc
     session.rollback()
-    return model_page(request, session, account=account, model_id=model_id, status=exc.status,
-                      **extra)
+    return page(request, session, account=account, model_id=model_id, status=exc.status,
+                **extra)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """Which part of a model's data page a form was sent from, to return to it."""
+
+    view: str = "images"
+    category: str = ""
+    page: int = 1
+
+    def url(self, model_id: str) -> str:
+        query: dict[str, str | int] = {}
+        if self.view == "images" and self.category:
+            query["category"] = self.category
+        if self.page > 1:
+            query["page"] = self.page
+        suffix = f"?{urlencode(query)}" if query else ""
+        return f"{model_path(model_id)}/{self.view}{suffix}"
+
+
+def shown_from(view: str, category: str, page: int) -> Shown:
+    return Shown(view=view if view in VIEWS else "images", category=category.strip(),
+                 page=max(page, 1))
+
+
+def review_of(session: Session, runtime: Runtime, *, account: Account,
+              model_id: str) -> dict[str, Any]:
+    """The active version's review as the page shows it; a model without one says why.
+
+    Suspects a person has moved since the version was trained are counted, not listed again.
+    """
+    try:
+        review = version_review(session, runtime, account=account, model_id=model_id)
+    except Conflict as exc:
+        return {"unavailable": exc.message}
+    ids = [m.image_id for m in review.suspected_mislabels]
+    ids += [image.image_id for group in review.duplicates for image in group.images]
+    ids += [image_id for confusion in review.confusions for image_id in confusion.image_ids]
+    now = image_service.categories_of(session, model_id=model_id, image_ids=ids)
+    open_suspects = [m for m in review.suspected_mislabels
+                     if m.image_id in now and now[m.image_id] == m.category]
+    return {"review": review, "suspects": open_suspects, "now": now,
+            "fixed": len(review.suspected_mislabels) - len(open_suspects)}
+
+
+def suggestions_of(session: Session, runtime: Runtime, *, account: Account,
+                   model_id: str) -> dict[str, Any]:
+    """The pool images to label first, or why there are none (no trained version yet)."""
+    try:
+        found = suggest(session, runtime, account=account, model_id=model_id, limit=PER_PAGE)
+    except Conflict as exc:
+        return {"suggestions_note": f"No suggestions of what to label first: {exc.message}"}
+    return {"suggestions": found.items, "suggested_ids": {s.image_id for s in found.items}}
+
+
+def data_page(request: Request, session: Session, *, account: Account, model_id: str,
+              shown: Shown, runtime: Runtime, status: int = 200, **extra: Any) -> Response:
+    """A model's images: one category's gallery, the unlabelled pool, or the review."""
+    row = model_service.get_model(session, account=account, model_id=model_id)
+    model = ModelOut.build(row, model_service.category_counts(session, model_ids=[row.id]))
+    names = [c.name for c in model.categories]
+    _, pool_count = image_service.list_images(session, account=account, model_id=row.id,
+                                              category=None, labelled=False, page=1,
+                                              per_page=1)
+    context: dict[str, Any] = {"signed_in": True, "model": model, "shown": shown,
+                               "pool_count": pool_count, "per_page": PER_PAGE}
+    if shown.view == "review":
+        context.update(review_of(session, runtime, account=account, model_id=row.id))
+    else:
+        category: str | None = None
+        if shown.view == "images":
+            category = shown.category if shown.category in names else names[0]
+            shown = Shown(view="images", category=category or "", page=shown.page)
+        images, total = image_service.list_images(
+            session, account=account, model_id=row.id, category=category,
+            labelled=False if shown.view == "pool" else None, page=shown.page,
+            per_page=PER_PAGE)
+        context.update(shown=shown, images=images, total=total,
+                       pages=max(1, -(-total // PER_PAGE)))
+        if shown.view == "pool" and shown.page == 1 and total:
+            context.update(suggestions_of(session, runtime, account=account, model_id=row.id))
+    return render(request, "data.html", {**context, **extra}, status=status)
 
 
 def models_page(request: Request, session: Session, *, account: Account, status: int = 200,
@@ -235,6 +334,136 @@ def delete_model(model_id: str, session: SessionDep, runtime: RuntimeDep,
                  account: WebAccountDep) -> Response:
     model_service.delete_model(session, runtime, account=account, model_id=model_id)
     return see_other(MODELS_PATH)
+
+
+ViewForm = Annotated[str, Form()]
+ShownCategoryForm = Annotated[str, Form()]
+PageForm = Annotated[int, Form()]
+
+
+def data_action(request: Request, session: Session, runtime: Runtime, *, account: Account,
+                model_id: str, shown: Shown, action: Callable[[], object]) -> Response:
+    """Run one service call for a form of the data page: back to where it was sent from, or
+    that page again with the refusal."""
+    try:
+        action()
+    except NanoNetError as exc:
+        return refused_page(request, session, exc, account=account, model_id=model_id,
+                            page=partial(data_page, shown=shown, runtime=runtime),
+                            error=exc.message)
+    return see_other(shown.url(model_id))
+
+
+@router.get(MODELS_PATH + "/{model_id}/images")
+def show_images(model_id: str, request: Request, session: SessionDep, runtime: RuntimeDep,
+                account: WebAccountDep, category: str = "", page: int = 1) -> Response:
+    return data_page(request, session, account=account, model_id=model_id, runtime=runtime,
+                     shown=shown_from("images", category, page))
+
+
+@router.get(MODELS_PATH + "/{model_id}/pool")
+def show_pool(model_id: str, request: Request, session: SessionDep, runtime: RuntimeDep,
+              account: WebAccountDep, page: int = 1) -> Response:
+    return data_page(request, session, account=account, model_id=model_id, runtime=runtime,
+                     shown=shown_from("pool", "", page))
+
+
+@router.get(MODELS_PATH + "/{model_id}/review")
+def show_review(model_id: str, request: Request, session: SessionDep, runtime: RuntimeDep,
+                account: WebAccountDep, true: str = "", predicted: str = "") -> Response:
+    """The review; `true` and `predicted` pick out one cell of the confusion matrix."""
+    return data_page(request, session, account=account, model_id=model_id, runtime=runtime,
+                     shown=shown_from("review", "", 1),
+                     cell={"true": true, "predicted": predicted} if true and predicted else None)
+
+
+@router.post(MODELS_PATH + "/{model_id}/images/bulk")
+def bulk_images(model_id: str, request: Request, session: SessionDep, runtime: RuntimeDep,
+                account: WebAccountDep, action: Annotated[str, Form()] = "",
+                category: Annotated[str, Form()] = "", image_ids: ImageIdsForm = None,
+                view: ViewForm = "images", shown_category: ShownCategoryForm = "",
+                page: PageForm = 1) -> Response:
+    """Delete the ticked images, or move them to `category` ("" for the pool)."""
+    shown = shown_from(view, shown_category, page)
+
+    def act() -> object:
+        if not image_ids:
+            raise InvalidInput("Tick at least one image first.", code="no_images", status=400)
+        if action == "delete":
+            return image_service.delete_images(session, runtime, account=account,
+                                               model_id=model_id, image_ids=image_ids)
+        if action == "move":
+            return image_service.move_images(session, account=account, model_id=model_id,
+                                             image_ids=image_ids, category=category or None)
+        raise InvalidInput("Choose Delete or Move.", code="unknown_action", status=400)
+
+    return data_action(request, session, runtime, account=account, model_id=model_id,
+                       shown=shown, action=act)
+
+
+@router.post(MODELS_PATH + "/{model_id}/images/{image_id}/delete")
+def delete_image(model_id: str, image_id: int, request: Request, session: SessionDep,
+                 runtime: RuntimeDep, account: WebAccountDep, view: ViewForm = "images",
+                 shown_category: ShownCategoryForm = "", page: PageForm = 1) -> Response:
+    return data_action(request, session, runtime, account=account, model_id=model_id,
+                       shown=shown_from(view, shown_category, page),
+                       action=partial(image_service.delete_images, session, runtime,
+                                      account=account, model_id=model_id,
+                                      image_ids=[image_id]))
+
+
+@router.post(MODELS_PATH + "/{model_id}/images/{image_id}/label")
+def label_image(model_id: str, image_id: int, request: Request, session: SessionDep,
+                runtime: RuntimeDep, account: WebAccountDep,
+                category: Annotated[str, Form()] = "", view: ViewForm = "images",
+                shown_category: ShownCategoryForm = "", page: PageForm = 1) -> Response:
+    """Give one image a category ("" sends it back to the pool)."""
+    return data_action(request, session, runtime, account=account, model_id=model_id,
+                       shown=shown_from(view, shown_category, page),
+                       action=partial(image_service.move_images, session, account=account,
+                                      model_id=model_id, image_ids=[image_id],
+                                      category=category or None))
+
+
+@router.post(MODELS_PATH + "/{model_id}/review/keep")
+def keep_reviewed(model_id: str, request: Request, session: SessionDep, runtime: RuntimeDep,
+                  account: WebAccountDep, image_ids: ImageIdsForm = None) -> Response:
+    def act() -> object:
+        if not image_ids:
+            raise InvalidInput("Choose an image to keep.", code="no_images", status=400)
+        return keep_images(session, account=account, model_id=model_id, image_ids=image_ids)
+
+    return data_action(request, session, runtime, account=account, model_id=model_id,
+                       shown=shown_from("review", "", 1), action=act)
+
+
+@router.post(MODELS_PATH + "/{model_id}/categories")
+def add_category(model_id: str, request: Request, session: SessionDep, runtime: RuntimeDep,
+                 account: WebAccountDep, name: Annotated[str, Form()] = "") -> Response:
+    return data_action(request, session, runtime, account=account, model_id=model_id,
+                       shown=shown_from("images", name, 1),
+                       action=partial(category_service.add_category, session, account=account,
+                                      model_id=model_id, name=name))
+
+
+@router.post(MODELS_PATH + "/{model_id}/categories/rename")
+def rename_category(model_id: str, request: Request, session: SessionDep, runtime: RuntimeDep,
+                    account: WebAccountDep, name: Annotated[str, Form()] = "",
+                    new_name: Annotated[str, Form()] = "") -> Response:
+    return data_action(request, session, runtime, account=account, model_id=model_id,
+                       shown=shown_from("images", new_name, 1),
+                       action=partial(category_service.rename_category, session,
+                                      account=account, model_id=model_id, name=name,
+                                      new_name=new_name))
+
+
+@router.post(MODELS_PATH + "/{model_id}/categories/delete")
+def delete_category(model_id: str, request: Request, session: SessionDep, runtime: RuntimeDep,
+                    account: WebAccountDep, name: Annotated[str, Form()] = "") -> Response:
+    return data_action(request, session, runtime, account=account, model_id=model_id,
+                       shown=shown_from("images", "", 1),
+                       action=partial(category_service.delete_category, session, runtime,
+                                      account=account, model_id=model_id, name=name))
 
 
 @router.get("/web/{rest:path}")

@@ -81,6 +81,22 @@ def test_review_lists_one_photo_in_two_categories(client: TestClient, tmp_path: 
         assert cell["category"] != cell["predicted"] and cell["count"] >= len(cell["image_ids"])
     assert _review(client, model_id, "?version=1").json() == review
 
+    # "Keep": the suspect is not flagged again until its label changes.
+    copy_id = ids["cherry_or_hemlock.jpg"]
+    kept = client.post(f"/api/v1/models/{model_id}/review/keep", json={"image_ids": [copy_id]},
+                       headers=bearer())
+    assert kept.status_code == 200 and kept.json()["image_ids"] == [copy_id]
+    assert copy_id not in {m["image_id"] for m in _review(client, model_id).json()[
+        "suspected_mislabels"]}
+    other = client.post(f"/api/v1/models/{model_id}/review/keep", json={"image_ids": [10**6]},
+                        headers=bearer())
+    assert other.status_code == 404
+    moved = client.patch(f"/api/v1/models/{model_id}/images/{copy_id}",
+                         json={"category": "hemlock"}, headers=bearer())
+    assert moved.status_code == 200
+    assert copy_id in {m["image_id"] for m in _review(client, model_id).json()[
+        "suspected_mislabels"]}
+
     # An image deleted since training is left out of the review, not an error.
     with runtime.session_factory() as session:
         session.delete(session.get(Image, ids["cherry_or_hemlock.jpg"]))

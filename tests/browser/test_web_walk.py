@@ -21,6 +21,15 @@ NOT_AN_IMAGE = DATASETS / "bad_inputs" / "not_an_image.jpg"
 # A sunflower the model never saw, and one it tells apart by a wide margin: the walk checks the
 # page shows a clear answer, not how the classifier fares on borderline photos.
 MYSTERY = FLOWERS / "val" / "sunflowers" / "184682320_73ccf74710.jpg"
+# Planted in the wrong category: the review should suspect both; the walk moves the sunflower
+# to where it belongs and keeps the daisy where it is, as a person sure of a label would.
+MISLABELLED = {
+    "tulips": FLOWERS / "train" / "sunflowers" / "35477171_13cb52115c_n.jpg",
+    "sunflowers": FLOWERS / "train" / "daisy" / "172882635_4cc7b86731_m.jpg",
+}
+# Photos for the unlabelled pool, labelled later with one click.
+POOL = [FLOWERS / "val" / "daisy" / "102841525_bd6628ae3c.jpg",
+        FLOWERS / "val" / "daisy" / "11642632_1e7627a2cc.jpg"]
 PERCENT = re.compile(r"^\d+(\.\d+)?%$")
 UPLOAD_TIMEOUT_MS = 120_000
 TRAINING_TIMEOUT_MS = 600_000
@@ -61,24 +70,27 @@ def create_model(page: Page, artifacts: Artifacts) -> str:
         re.compile(r"/web/models/\w+$"))
     expect(page.get_by_role("heading", name="flowers in the garden")).to_be_visible()
     expect(page.locator(".page-head .badge")).to_have_text("created")
-    expect(page.locator("[data-dropzone]")).to_have_count(len(CATEGORIES))
+    expect(page.locator("[data-dropzone]")).to_have_count(len(CATEGORIES) + 1)  # + the pool's
+    expect(page.locator("[data-dropzone][data-category='']")).to_contain_text("Not labelled yet")
     artifacts.shot(page, "created")
     return page.url.rsplit("/", 1)[1]
 
 
 def upload(page: Page, artifacts: Artifacts, category: str, files: list[Path],
-           accepted: int) -> None:
-    """Choose `files` in the category's drop zone and press its Upload button."""
+           accepted: int, count: int | None = None) -> None:
+    """Choose `files` in the category's drop zone ("": the pool's) and press its Upload button;
+    the zone then counts `count` images (default: `accepted`)."""
     zone = page.locator(f"[data-dropzone][data-category='{category}']")
     zone.locator("input[type=file]").set_input_files(files)
-    zone.get_by_role("button", name=f"Upload to {category}").click()
+    button = f"Upload to {category}" if category else "Upload without a label"
+    zone.get_by_role("button", name=button).click()
     results = zone.locator("[data-results]")
     expect(results.locator(".result-summary"), artifacts.note(
-        f"the upload to {category} should end with a summary of what was added")).to_have_text(
-        f"{accepted} of {len(files)} files added.", timeout=UPLOAD_TIMEOUT_MS)
+        f"the upload to {category or 'the pool'} should end with a summary of what was added")
+    ).to_have_text(f"{accepted} of {len(files)} files added.", timeout=UPLOAD_TIMEOUT_MS)
     expect(results.locator(".result")).to_have_count(len(files))
     expect(results.locator(".result-accepted")).to_have_count(accepted)
-    expect(zone.locator("[data-count]")).to_have_text(str(accepted))
+    expect(zone.locator("[data-count]")).to_have_text(str(accepted if count is None else count))
 
 
 def add_photos(page: Page, artifacts: Artifacts) -> None:
@@ -94,6 +106,9 @@ def add_photos(page: Page, artifacts: Artifacts) -> None:
             expect(rejected).to_contain_text("not a recognisable image")
         else:
             upload(page, artifacts, category, chosen, PHOTOS_PER_CATEGORY)
+    # Two photos in the wrong category on purpose, for the review to find.
+    for category, photo in MISLABELLED.items():
+        upload(page, artifacts, category, [photo], 1, count=PHOTOS_PER_CATEGORY + 1)
     artifacts.shot(page, "uploaded")
 
 
@@ -186,6 +201,134 @@ def classify(page: Page, artifacts: Artifacts) -> None:
     expect(prediction.locator(".bar-top")).to_have_count(1)
 
 
+def thumb(page: Page, name: str):  # type: ignore[no-untyped-def]
+    """The thumbnail card of the image uploaded as `name`."""
+    return page.locator(".thumb").filter(has=page.locator(".file", has_text=name))
+
+
+def expect_thumbnail_shown(card, artifacts: Artifacts) -> None:  # type: ignore[no-untyped-def]
+    image = card.locator("img")
+    expect(image).to_have_attribute("loading", "lazy")
+    image.scroll_into_view_if_needed()
+    page = card.page
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                           arg=image.element_handle(), timeout=UPLOAD_TIMEOUT_MS)
+    width = image.evaluate("img => img.naturalWidth")
+    assert 0 < width <= 256, artifacts.note(f"thumbnail {width} px wide")
+
+
+def review_and_fix(page: Page, model_id: str, artifacts: Artifacts) -> None:
+    """Open the review, move the planted sunflower to sunflowers, keep the planted daisy."""
+    # A mistake in the confusion matrix leads to its images in the review.
+    mistake = page.locator("#training .chart-figure a.cm-link").first
+    expect(mistake, artifacts.note("mistakes in the confusion matrix should be links")
+           ).to_be_visible()
+    mistake.click()
+    expect(page).to_have_url(re.compile(
+        rf"/web/models/{model_id}/review\?true=\w+&predicted=\w+#confusions$"))
+    cell = page.locator(".confusion")
+    expect(cell, artifacts.note("the clicked cell's images should show")).to_have_count(1)
+    expect(cell.locator(".thumb").first).to_be_visible()
+    report(f"confusion cell: {cell.locator('p').first.inner_text()}")
+    artifacts.shot(page, "confusion-cell")
+    page.goto(f"/web/models/{model_id}")
+    page.locator("#images").get_by_role("link", name="review what the model doubts").click()
+    expect(page).to_have_url(re.compile(rf"/web/models/{model_id}/review$"))
+    expect(page.get_by_role("heading", name="Suspected mislabels")).to_be_visible()
+    sunflower, daisy = MISLABELLED["tulips"], MISLABELLED["sunflowers"]
+    suspects = page.locator(".suspect")
+    report("suspected: " + "; ".join(s.inner_text().replace("\n", " ")
+                                     for s in suspects.all()))
+    moved = thumb(page, sunflower.name)
+    expect(moved, artifacts.note("the sunflower uploaded into tulips should be suspected")
+           ).to_have_count(1)
+    expect(moved.locator(".current")).to_have_text("tulips")
+    expect(moved.locator(".suggested")).to_have_text("sunflowers")
+    expect_thumbnail_shown(moved, artifacts)
+    kept = thumb(page, daisy.name)
+    expect(kept, artifacts.note("the daisy uploaded into sunflowers should be suspected")
+           ).to_have_count(1)
+    expect(kept.locator(".suggested")).to_have_text("daisy")
+    artifacts.shot(page, "review")
+
+    moved.get_by_role("button", name="Move to sunflowers").click()
+    expect(page).to_have_url(re.compile(rf"/web/models/{model_id}/review$"))
+    expect(thumb(page, sunflower.name), artifacts.note(
+        "a suspect moved to its suggested category should leave the list")).to_have_count(0)
+    expect(page.get_by_text("1 suspected image has been moved since")).to_be_visible()
+    thumb(page, daisy.name).get_by_role("button", name="Keep in sunflowers").click()
+    expect(page).to_have_url(re.compile(rf"/web/models/{model_id}/review$"))
+    expect(thumb(page, daisy.name), artifacts.note("a kept image should not be suspected again")
+           ).to_have_count(0)
+    artifacts.shot(page, "review-fixed")
+
+    tabs = page.get_by_role("navigation", name="Images")
+    tabs.get_by_role("link", name="sunflowers (9)").click()
+    expect(thumb(page, sunflower.name), artifacts.note(
+        "the moved sunflower should be in the sunflowers gallery")).to_have_count(1)
+    expect(thumb(page, daisy.name)).to_have_count(1)
+    expect(tabs.get_by_role("link", name="tulips (7)")).to_be_visible()
+
+
+def delete_from_gallery(page: Page, model_id: str, artifacts: Artifacts) -> None:
+    """Tick two daisies in the daisy gallery and delete them; delete a third by its own button."""
+    page.get_by_role("navigation", name="Images").get_by_role("link", name="daisy (7)").click()
+    expect(page).to_have_url(re.compile(rf"/web/models/{model_id}/images\?category=daisy$"))
+    gallery = page.locator("#gallery")
+    expect(gallery.locator(".thumb")).to_have_count(PHOTOS_PER_CATEGORY)
+    first, second, third = (path.name for path in photos("daisy")[:3])
+    expect_thumbnail_shown(thumb(page, first), artifacts)
+    for name in (first, second):
+        gallery.get_by_label(f"Select {name}").check()
+    artifacts.shot(page, "gallery-selected")
+    gallery.get_by_role("button", name="Delete selected").click()
+    expect(page).to_have_url(re.compile(rf"/web/models/{model_id}/images\?category=daisy$"))
+    expect(gallery.locator(".thumb"), artifacts.note("two deleted images should leave the "
+                                                     "gallery")).to_have_count(5)
+    expect(thumb(page, first)).to_have_count(0)
+    expect(thumb(page, second)).to_have_count(0)
+    thumb(page, third).get_by_role("button", name=f"Delete {third}").click()
+    expect(gallery.locator(".thumb")).to_have_count(4)
+    expect(thumb(page, third)).to_have_count(0)
+    expect(page.get_by_role("navigation", name="Images").get_by_role(
+        "link", name="daisy (4)")).to_be_visible()
+    artifacts.shot(page, "gallery-deleted")
+
+
+def label_from_pool(page: Page, model_id: str, artifacts: Artifacts) -> None:
+    """Drop two photos in the pool's zone, then label one of them with one click."""
+    page.goto(f"/web/models/{model_id}")
+    upload(page, artifacts, "", POOL, len(POOL))
+    page.locator("#images").get_by_role("link", name="label the ones not labelled yet").click()
+    expect(page).to_have_url(re.compile(rf"/web/models/{model_id}/pool$"))
+    pool = page.locator("#pool")
+    expect(pool.locator(".thumb"), artifacts.note("both pool photos should show")
+           ).to_have_count(len(POOL))
+    expect(pool.get_by_role("heading", name="Label these first"), artifacts.note(
+        "a trained model should suggest what to label first")).to_be_visible()
+    suggested = pool.locator(".suggestions .thumb")
+    expect(suggested.first.locator(".predicted")).to_have_text(re.compile(
+        "^(" + "|".join(CATEGORIES) + ")$"))
+    report("suggested: " + "; ".join(s.inner_text().replace("\n", " ")
+                                     for s in suggested.all()))
+    names = [s.locator(".file").inner_text() for s in suggested.all()]
+    assert names and set(names) <= {path.name for path in POOL}, artifacts.note(
+        f"only pool images may be suggested for labelling: {names}")
+    artifacts.shot(page, "pool")
+    name = POOL[0].name
+    thumb(page, name).get_by_role("button", name=f"Label {name} daisy").click()
+    expect(page).to_have_url(re.compile(rf"/web/models/{model_id}/pool$"))
+    expect(thumb(page, name), artifacts.note("a labelled image should leave the pool")
+           ).to_have_count(0)
+    expect(pool.locator(".thumb")).to_have_count(len(POOL) - 1)
+    tabs = page.get_by_role("navigation", name="Images")
+    expect(tabs.get_by_role("link", name="Not labelled (1)")).to_be_visible()
+    tabs.get_by_role("link", name="daisy (5)").click()
+    expect(thumb(page, name), artifacts.note("the labelled image should be in its gallery")
+           ).to_have_count(1)
+    artifacts.shot(page, "pool-labelled")
+
+
 def sign_out(page: Page, server: Server, artifacts: Artifacts) -> None:
     page.get_by_role("button", name="Sign out").click()
     expect(page, artifacts.note("signing out should land on the sign-in page")).to_have_url(
@@ -198,12 +341,15 @@ def sign_out(page: Page, server: Server, artifacts: Artifacts) -> None:
         artifacts.note(f"still signed in after signing out: {models.status}"))
 
 
-def test_sign_in_upload_train_classify_sign_out(page: Page, server: Server,
-                                               artifacts: Artifacts) -> None:
+def test_sign_in_upload_train_classify_fix_data_sign_out(page: Page, server: Server,
+                                                        artifacts: Artifacts) -> None:
     report(f"screenshots in {artifacts.folder}")
     sign_in(page, server, artifacts)
     model_id = create_model(page, artifacts)
     add_photos(page, artifacts)
     train(page, model_id, artifacts)
     classify(page, artifacts)
+    review_and_fix(page, model_id, artifacts)
+    delete_from_gallery(page, model_id, artifacts)
+    label_from_pool(page, model_id, artifacts)
     sign_out(page, server, artifacts)

@@ -231,3 +231,16 @@ def test_candidate_rows_sorted_best_first_with_the_chosen_one_marked() -> None:
         ("MobileNetV2 + EfficientNet-Lite2", "logistic regression", 1.0),
     ]
     assert [r.is_chosen for r in rows] == [False, True, False, False, False]
+
+
+def test_confusion_mistakes_link_to_their_images() -> None:
+    svg = confusion_matrix_svg(ConfusionMatrix(labels=["ants", "bees & wasps"],
+                                               matrix=[[5, 2], [0, 3]]),
+                               mistakes_url="/web/models/abc/review")
+    root = ElementTree.fromstring(str(svg))
+    links = [a.get("href") for a in root.iter(f"{SVG}a")]
+    # Only the one mistake with a count links; right answers and empty cells do not.
+    assert links == ["/web/models/abc/review?true=ants&predicted=bees+%26+wasps#confusions"]
+    plain = ElementTree.fromstring(str(confusion_matrix_svg(ConfusionMatrix(
+        labels=["ants", "bees"], matrix=[[5, 2], [0, 3]]))))
+    assert list(plain.iter(f"{SVG}a")) == []

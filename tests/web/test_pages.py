@@ -12,9 +12,10 @@ from xml.etree import ElementTree
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from app.config import Settings
-from app.db.tables import Model, ModelVersion
+from app.db.tables import Image, Model, ModelVersion
 from app.errors import Conflict
 from app.main import create_app
 from app.ml.evaluate import ONE_IMAGE_NOTE
@@ -135,7 +136,9 @@ def test_create_a_model_with_the_form(signed_in: TestClient) -> None:
     page = signed_in.get(f"/web/models/{model_id}")
     assert page.status_code == 200
     assert "hemlock" in page.text and "japanese_cherry" in page.text
-    assert page.text.count('type="file" name="files" multiple accept="image/*"') == 2
+    # One upload form per category and one for the unlabelled pool.
+    assert page.text.count('type="file" name="files" multiple accept="image/*"') == 3
+    assert f'href="/web/models/{model_id}/images"' in page.text
     assert "Not trained yet" in page.text
 
     listing = signed_in.get("/web/models")
@@ -449,3 +452,204 @@ def test_reject_unknown_without_a_detector_is_an_html_409(
                               data={"reject_unknown": "on"})  # a checkbox without a value
     assert response.status_code == 409
     assert "cannot tell unknown images apart" in response.text
+
+
+def image_ids_of(client: TestClient, model_id: str, **query: str) -> dict[str, int]:
+    """{file name: image id} of the model's images, read over the API with the web cookie."""
+    response = client.get(f"/api/v1/models/{model_id}/images", params={"per_page": 100, **query})
+    assert response.status_code == 200, response.text
+    return {item["file_name"]: item["id"] for item in response.json()["items"]}
+
+
+def gallery_ids(html: str) -> list[int]:
+    return [int(found) for found in re.findall(r'<li class="thumb[^"]*" data-image-id="(\d+)"',
+                                               html)]
+
+
+def test_gallery_pages_moves_and_deletes_images(signed_in: TestClient,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(web_routes, "PER_PAGE", 2)
+    model_id = create_via_form(signed_in)
+    hemlock = photos("hemlock")[:3]
+    assert upload_via_form(signed_in, model_id, "hemlock", hemlock).status_code == 200
+    ids = image_ids_of(signed_in, model_id)
+    first, second, third = (ids[path.name] for path in hemlock)
+
+    page = signed_in.get(f"/web/models/{model_id}/images?category=hemlock")
+    assert page.status_code == 200
+    assert gallery_ids(page.text) == [first, second]
+    assert (f'src="/api/v1/models/{model_id}/images/{first}/thumbnail" alt="{hemlock[0].name}" '
+            'loading="lazy"') in page.text
+    assert "page 1 of 2" in page.text
+    assert gallery_ids(signed_in.get(f"/web/models/{model_id}/images?category=hemlock&page=2"
+                                     ).text) == [third]
+    thumbnail = signed_in.get(f"/api/v1/models/{model_id}/images/{first}/thumbnail")
+    assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
+
+    back = {"view": "images", "shown_category": "hemlock", "page": "2"}
+    moved = signed_in.post(f"/web/models/{model_id}/images/bulk", follow_redirects=False,
+                           data={"action": "move", "category": "japanese_cherry",
+                                 "image_ids": [first, second], **back})
+    assert moved.status_code == 303
+    assert moved.headers["location"] == f"/web/models/{model_id}/images?category=hemlock&page=2"
+    assert set(image_ids_of(signed_in, model_id, category="japanese_cherry").values()) == {
+        first, second}
+    cherry = signed_in.get(f"/web/models/{model_id}/images?category=japanese_cherry")
+    assert gallery_ids(cherry.text) == [first, second]
+    assert "japanese_cherry (2)" in cherry.text and "hemlock (1)" in cherry.text
+
+    to_pool = signed_in.post(f"/web/models/{model_id}/images/bulk", data={
+        "action": "move", "category": "", "image_ids": [second], **back})
+    assert to_pool.status_code == 200
+    assert list(image_ids_of(signed_in, model_id, labelled="false").values()) == [second]
+
+    deleted = signed_in.post(f"/web/models/{model_id}/images/bulk", follow_redirects=False,
+                             data={"action": "delete", "image_ids": [first, third], **back})
+    assert deleted.status_code == 303
+    single = signed_in.post(f"/web/models/{model_id}/images/{second}/delete",
+                            data={"view": "pool"}, follow_redirects=False)
+    assert single.status_code == 303
+    assert single.headers["location"] == f"/web/models/{model_id}/pool"
+    assert image_ids_of(signed_in, model_id) == {}
+
+
+def test_gallery_refusals_are_pages_and_change_nothing(signed_in: TestClient) -> None:
+    model_id = create_via_form(signed_in)
+    hemlock = photos("hemlock")[:2]
+    upload_via_form(signed_in, model_id, "hemlock", hemlock)
+    ids = list(image_ids_of(signed_in, model_id).values())
+    nothing = signed_in.post(f"/web/models/{model_id}/images/bulk",
+                             data={"action": "delete", "shown_category": "hemlock"})
+    assert nothing.status_code == 400
+    assert nothing.headers["content-type"].startswith("text/html")
+    assert "Tick at least one image first." in nothing.text
+    assert gallery_ids(nothing.text) == ids  # the gallery again, with the message
+
+    unknown = signed_in.post(f"/web/models/{model_id}/images/bulk", data={
+        "action": "move", "category": "oak", "image_ids": ids})
+    assert unknown.status_code == 422 and "No category &#39;oak&#39;" in unknown.text
+    missing = signed_in.post(f"/web/models/{model_id}/images/bulk", data={
+        "action": "delete", "image_ids": [*ids, 999_999]})
+    assert missing.status_code == 404 and "999999" in missing.text
+    assert missing.headers["content-type"].startswith("text/html")
+    assert sorted(image_ids_of(signed_in, model_id, category="hemlock").values()) == ids
+
+
+def test_pool_upload_and_label_with_one_click(signed_in: TestClient) -> None:
+    model_id = create_via_form(signed_in)
+    photo = photos("japanese_cherry")[0]
+    uploaded = upload_via_form(signed_in, model_id, "", [photo])
+    assert uploaded.status_code == 200
+    assert "1 of 1 files added." in uploaded.text
+    assert re.search(r'data-category="">\s*<div class="category-head">\s*<h3>Not labelled yet'
+                     r'</h3>\s*<span class="count"><span data-count>1</span>', uploaded.text)
+    [image_id] = image_ids_of(signed_in, model_id, labelled="false").values()
+
+    pool = signed_in.get(f"/web/models/{model_id}/pool")
+    assert pool.status_code == 200
+    assert gallery_ids(pool.text) == [image_id]
+    assert "Not labelled (1)" in pool.text
+    assert "No suggestions of what to label first" in pool.text  # not trained yet
+    assert f'aria-label="Label {photo.name} japanese_cherry"' in pool.text
+
+    labelled = signed_in.post(f"/web/models/{model_id}/images/{image_id}/label",
+                              data={"category": "japanese_cherry", "view": "pool"},
+                              follow_redirects=False)
+    assert labelled.status_code == 303
+    assert labelled.headers["location"] == f"/web/models/{model_id}/pool"
+    assert image_ids_of(signed_in, model_id, category="japanese_cherry") == {photo.name: image_id}
+    assert gallery_ids(signed_in.get(f"/web/models/{model_id}/pool").text) == []
+
+
+def test_categories_are_added_renamed_and_deleted_on_the_page(signed_in: TestClient) -> None:
+    model_id = create_via_form(signed_in)
+    added = signed_in.post(f"/web/models/{model_id}/categories", data={"name": "oak"},
+                           follow_redirects=False)
+    assert added.status_code == 303
+    assert added.headers["location"] == f"/web/models/{model_id}/images?category=oak"
+    renamed = signed_in.post(f"/web/models/{model_id}/categories/rename",
+                             data={"name": "oak", "new_name": "red oak"}, follow_redirects=False)
+    assert renamed.headers["location"] == f"/web/models/{model_id}/images?category=red+oak"
+    page = signed_in.get(renamed.headers["location"])
+    assert "<h2>red oak</h2>" in page.text and 'data-confirm="Delete the category' in page.text
+    collision = signed_in.post(f"/web/models/{model_id}/categories/rename",
+                               data={"name": "red oak", "new_name": "hemlock"})
+    assert collision.status_code == 409 and collision.headers["content-type"].startswith(
+        "text/html")
+    assert signed_in.post(f"/web/models/{model_id}/categories/delete", data={"name": "red oak"},
+                          follow_redirects=False).status_code == 303
+    refused = signed_in.post(f"/web/models/{model_id}/categories/delete",
+                             data={"name": "hemlock"})
+    assert refused.status_code == 409
+    assert "at least 2 categories" in refused.text
+    names = [c["name"] for c in signed_in.get(f"/api/v1/models/{model_id}").json()["categories"]]
+    assert names == ["hemlock", "japanese_cherry"]
+
+
+def test_review_of_an_untrained_model_says_why(signed_in: TestClient) -> None:
+    model_id = create_via_form(signed_in)
+    page = signed_in.get(f"/web/models/{model_id}/review")
+    assert page.status_code == 200
+    assert "no trained version yet" in page.text
+
+
+def test_another_accounts_images_are_404_pages(signed_in: TestClient) -> None:
+    runtime = signed_in.app.state.runtime  # type: ignore[attr-defined]
+    with runtime.session_factory() as session:
+        create_account(session, name="other", key=OTHER_KEY)
+    theirs = {"Authorization": f"Bearer {OTHER_KEY}"}
+    model_id = signed_in.post("/api/v1/models", json={"name": "secret garden",
+                                                      "categories": ["roses", "tulips"]},
+                              headers=theirs).json()["id"]
+    uploaded = signed_in.post(f"/api/v1/models/{model_id}/images", data={"category": "roses"},
+                              files=files_of(photos("hemlock")[0]), headers=theirs)
+    image_id = uploaded.json()["results"][0]["image_id"]
+    web = f"/web/models/{model_id}"
+    attempts = [
+        signed_in.get(f"{web}/images"), signed_in.get(f"{web}/pool"),
+        signed_in.get(f"{web}/review"),
+        signed_in.post(f"{web}/images/bulk", data={"action": "delete", "image_ids": [image_id]}),
+        signed_in.post(f"{web}/images/{image_id}/delete"),
+        signed_in.post(f"{web}/images/{image_id}/label", data={"category": "tulips"}),
+        signed_in.post(f"{web}/review/keep", data={"image_ids": [image_id]}),
+        signed_in.post(f"{web}/categories", data={"name": "lilies"}),
+        signed_in.post(f"{web}/categories/rename", data={"name": "roses", "new_name": "x"}),
+        signed_in.post(f"{web}/categories/delete", data={"name": "roses"}),
+    ]
+    for response in attempts:
+        assert response.status_code == 404, response.text
+        assert response.headers["content-type"].startswith("text/html")
+        assert "secret garden" not in response.text and "roses" not in response.text
+    mine = create_via_form(signed_in)  # and their image id is not found through my model either
+    assert signed_in.post(f"/web/models/{mine}/images/{image_id}/delete").status_code == 404
+    assert signed_in.post(f"/api/v1/models/{mine}/review/keep",
+                          json={"image_ids": [image_id]}).status_code == 404
+    theirs_now = signed_in.get(f"/api/v1/models/{model_id}/images/{image_id}", headers=theirs)
+    assert theirs_now.json()["category"] == "roses"
+
+
+def test_keep_remembers_the_label_on_the_page_and_over_the_api(signed_in: TestClient) -> None:
+    model_id = create_via_form(signed_in)
+    hemlock, cherry = photos("hemlock")[0], photos("japanese_cherry")[0]
+    upload_via_form(signed_in, model_id, "hemlock", [hemlock])
+    upload_via_form(signed_in, model_id, "", [cherry])
+    ids = image_ids_of(signed_in, model_id)
+    kept = signed_in.post(f"/web/models/{model_id}/review/keep",
+                          data={"image_ids": [ids[hemlock.name]]}, follow_redirects=False)
+    assert kept.status_code == 303
+    assert kept.headers["location"] == f"/web/models/{model_id}/review"
+    api = signed_in.post(f"/api/v1/models/{model_id}/review/keep",
+                         json={"image_ids": [ids[cherry.name]]})
+    assert api.status_code == 200 and api.json() == {"image_ids": [ids[cherry.name]]}
+    assert signed_in.post(f"/api/v1/models/{model_id}/review/keep",
+                          json={"image_ids": []}).status_code == 422
+    runtime = signed_in.app.state.runtime  # type: ignore[attr-defined]
+    with runtime.session_factory() as session:
+        model = session.get(Model, model_id)
+        assert model is not None
+        hemlock_id = next(c.id for c in model.categories if c.name == "hemlock")
+        rows = {image.filename: image.kept_category_id for image in session.scalars(
+            select(Image).where(Image.model_id == model_id))}
+    assert rows == {hemlock.name: hemlock_id, cherry.name: None}  # a pool image has no label
+    nothing = signed_in.post(f"/web/models/{model_id}/review/keep", data={})
+    assert nothing.status_code == 400 and "Choose an image to keep." in nothing.text

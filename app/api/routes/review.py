@@ -5,8 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import AccountDep, RuntimeDep, SessionDep
-from app.schemas.review import ReviewOut
-from app.services.review import version_review
+from app.schemas.review import KeepRequest, KeepResult, ReviewOut
+from app.services.review import keep_images, version_review
 
 router = APIRouter(prefix="/models", tags=["review"])
 
@@ -16,3 +16,12 @@ def read_review(model_id: str, session: SessionDep, runtime: RuntimeDep, account
                 version: Annotated[int | None, Query(ge=1)] = None) -> ReviewOut:
     """Suspected mislabels, duplicates, hardest images and confusions of a version."""
     return version_review(session, runtime, account=account, model_id=model_id, number=version)
+
+
+@router.post("/{model_id}/review/keep", response_model=KeepResult)
+def keep(model_id: str, body: KeepRequest, session: SessionDep,
+         account: AccountDep) -> KeepResult:
+    """Keep images as labelled: they are not suspected mislabels again until their label
+    changes. All or none: an id not of this model is a 404 and nothing changes."""
+    return KeepResult(image_ids=keep_images(session, account=account, model_id=model_id,
+                                            image_ids=body.image_ids))

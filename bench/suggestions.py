@@ -20,13 +20,12 @@ labels `--label` pool images drawn at random instead (`--random-draws` draws per
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from app.ml.augment import DEFAULT_VIEWS
 from app.ml.cache import FeatureCache
@@ -35,26 +34,11 @@ from app.ml.review import DUPLICATE_BACKBONE
 from app.ml.select import fit_model
 from app.ml.suggest import suggestions
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `bench` importable
+    sys.path.insert(0, str(ROOT))
 
-
-def load(
-    name: str, split: str, cache: FeatureCache, backbones: list[str], views: int
-) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
-    with (DATASETS / name / "manifest.csv").open(newline="") as f:
-        rows = [row for row in csv.DictReader(f) if row["split"] == split]
-    names = sorted({row["label"] for row in rows})
-
-    def loader(path: Path):  # type: ignore[no-untyped-def]
-        def load_image() -> Image.Image:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-
-        return load_image
-
-    items = [(row["sha256"], loader(DATASETS / name / row["path"])) for row in rows]
-    features = cache.views_for(backbones, items, views=range(views))
-    return features, np.array([names.index(row["label"]) for row in rows]), names
+from bench.selection import load  # noqa: E402  (datasets read the way selection reads them)
 
 
 def val_accuracy(

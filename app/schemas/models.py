@@ -40,6 +40,7 @@ class ModelOut(BaseModel):
     kind: str
     state: str
     categories: list[CategoryOut]
+    unlabelled: int = Field(description="images in the unlabelled pool, which training ignores")
     backbone: str | None
     metrics: VersionMetrics | None
     metrics_note: str | None = None
@@ -48,12 +49,14 @@ class ModelOut(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def build(cls, model: Model, counts: dict[int, int]) -> ModelOut:
+    def build(cls, model: Model, counts: dict[int, int],
+              unlabelled: dict[str, int] | None = None) -> ModelOut:
         version = model.active_version
         return cls(
             id=model.id, name=model.name, kind=model.kind, state=model.state,
             categories=[CategoryOut(name=c.name, count=counts.get(c.id, 0))
                         for c in model.categories],
+            unlabelled=(unlabelled or {}).get(model.id, 0),
             backbone=version.backbone if version else None,
             metrics=VersionMetrics.of(version) if version else None,
             metrics_note=VersionParams.of(version).metrics_note if version else None,

@@ -83,7 +83,7 @@ def list_models(session: Session, *, account: Account) -> list[Model]:
 
 
 def category_counts(session: Session, *, model_ids: list[str]) -> dict[int, int]:
-    """Return {category id: number of images} for the given NanoNets."""
+    """Return {category id: number of images} for the given models."""
     if not model_ids:
         return {}
     rows = session.execute(
@@ -92,6 +92,19 @@ def category_counts(session: Session, *, model_ids: list[str]) -> dict[int, int]
         .where(Category.model_id.in_(model_ids)).group_by(Category.id)
     )
     return {category_id: count for category_id, count in rows}
+
+
+def unlabelled_counts(session: Session, *, model_ids: list[str]) -> dict[str, int]:
+    """Return {model id: number of images in its unlabelled pool} for the given models."""
+    if not model_ids:
+        return {}
+    rows = session.execute(
+        select(Image.model_id, func.count(Image.id))
+        .outerjoin(ImageLabel, ImageLabel.image_id == Image.id)
+        .where(Image.model_id.in_(model_ids), ImageLabel.image_id.is_(None))
+        .group_by(Image.model_id)
+    )
+    return {model_id: count for model_id, count in rows}
 
 
 def delete_model(session: Session, runtime: Runtime, *, account: Account,

@@ -261,6 +261,10 @@ def test_an_upload_without_category_goes_to_the_pool_which_training_ignores(
     body = response.json()
     assert body["category"] is None and body["accepted"] == 2
     assert counts(quiet, model_id) == {"hemlock": 0, "japanese_cherry": 0}
+    model = quiet.get(f"/api/v1/models/{model_id}", headers=bearer()).json()
+    assert model["unlabelled"] == 2
+    listed = quiet.get("/api/v1/models", headers=bearer()).json()["models"]
+    assert {m["id"]: m["unlabelled"] for m in listed}[model_id] == 2
     # Only pool images: nothing to train on, and the refusal names both categories.
     refused = quiet.post(f"/api/v1/models/{model_id}/train", headers=bearer())
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "not_enough_images"
@@ -279,6 +283,7 @@ def test_an_upload_without_category_goes_to_the_pool_which_training_ignores(
     assert counts(quiet, model_id) == {"hemlock": 1, "japanese_cherry": 1}
     assert images_of(quiet, model_id, labelled="false")["total"] == 1
     assert images_of(quiet, model_id)["total"] == 3
+    assert quiet.get(f"/api/v1/models/{model_id}", headers=bearer()).json()["unlabelled"] == 1
 
 
 def test_training_set_leaves_out_the_pool(quiet: TestClient) -> None:

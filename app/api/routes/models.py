@@ -19,14 +19,17 @@ def create_model(body: ModelCreate, session: SessionDep, account: AccountDep) ->
 @router.get("", response_model=ModelList)
 def list_models(session: SessionDep, account: AccountDep) -> ModelList:
     items = model_service.list_models(session, account=account)
-    counts = model_service.category_counts(session, model_ids=[n.id for n in items])
-    return ModelList(models=[ModelOut.build(n, counts) for n in items])
+    ids = [n.id for n in items]
+    counts = model_service.category_counts(session, model_ids=ids)
+    unlabelled = model_service.unlabelled_counts(session, model_ids=ids)
+    return ModelList(models=[ModelOut.build(n, counts, unlabelled) for n in items])
 
 
 @router.get("/{model_id}", response_model=ModelOut)
 def get_model(model_id: str, session: SessionDep, account: AccountDep) -> ModelOut:
     model = model_service.get_model(session, account=account, model_id=model_id)
-    return ModelOut.build(model, model_service.category_counts(session, model_ids=[model.id]))
+    return ModelOut.build(model, model_service.category_counts(session, model_ids=[model.id]),
+                          model_service.unlabelled_counts(session, model_ids=[model.id]))
 
 
 @router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)

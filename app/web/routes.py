@@ -21,7 +21,7 @@ from app.api.deps import (
     check_request_size,
     read_uploads,
 )
-from app.db.tables import ACTIVE_JOB_STATUSES, Account
+from app.db.tables import ACTIVE_JOB_STATUSES, Account, Model
 from app.errors import Conflict, InvalidInput, NanoNetError, NotFound
 from app.runtime import Runtime
 from app.schemas.jobs import JobOut
@@ -93,17 +93,20 @@ def job_to_show(session: Session, *, account: Account, model_id: str,
     return JobOut.build(job) if job is not None else None
 
 
+def counted(session: Session, row: Model) -> ModelOut:
+    """The model as the API shows it: image counts per category and in the pool."""
+    return ModelOut.build(row, model_service.category_counts(session, model_ids=[row.id]),
+                          model_service.unlabelled_counts(session, model_ids=[row.id]))
+
+
 def model_page(request: Request, session: Session, *, account: Account, model_id: str,
                job_id: str | None = None, status: int = 200, **extra: Any) -> Response:
     row = model_service.get_model(session, account=account, model_id=model_id)
-    model = ModelOut.build(row, model_service.category_counts(session, model_ids=[row.id]))
+    model = counted(session, row)
     job = job_to_show(session, account=account, model_id=row.id, job_id=job_id)
     version = row.active_version
-    _, pool_count = image_service.list_images(session, account=account, model_id=row.id,
-                                              category=None, labelled=False, page=1,
-                                              per_page=1)
     return render(request, "model.html", {
-        "signed_in": True, "model": model, "job": job, "pool_count": pool_count,
+        "signed_in": True, "model": model, "job": job, "pool_count": model.unlabelled,
         "details": version_summary(version) if version is not None else None,
         "job_is_active": job is not None and job.status in ACTIVE_JOB_STATUSES, **extra,
     }, status=status)
@@ -178,13 +181,10 @@ def data_page(request: Request, session: Session, *, account: Account, model_id:
               shown: Shown, runtime: Runtime, status: int = 200, **extra: Any) -> Response:
     """A model's images: one category's gallery, the unlabelled pool, or the review."""
     row = model_service.get_model(session, account=account, model_id=model_id)
-    model = ModelOut.build(row, model_service.category_counts(session, model_ids=[row.id]))
+    model = counted(session, row)
     names = [c.name for c in model.categories]
-    _, pool_count = image_service.list_images(session, account=account, model_id=row.id,
-                                              category=None, labelled=False, page=1,
-                                              per_page=1)
     context: dict[str, Any] = {"signed_in": True, "model": model, "shown": shown,
-                               "pool_count": pool_count, "per_page": PER_PAGE}
+                               "pool_count": model.unlabelled, "per_page": PER_PAGE}
     if shown.view == "review":
         context.update(review_of(session, runtime, account=account, model_id=row.id))
     else:

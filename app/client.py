@@ -168,13 +168,16 @@ def plan_import(client: Client, model_id: str, folder: Path,
     """[(category or None for the pool, files still to upload)], creating missing categories.
 
     A folder matches a category of the same name, or else one differing only in case; a file
-    whose content the model already holds (by SHA-256) is counted as skipped.
+    whose content (by SHA-256) the model already holds in that category, or anywhere for the
+    pool, is counted as skipped, as the server would call it a duplicate.
     """
     by_folder = folder_files(folder)
     model = client.get_model(model_id)
     existing = {c["name"] for c in model["categories"]}
     by_lower = {name.lower(): name for name in existing}
-    present = {image["sha256"] for image in client.images(model_id)}
+    present: dict[str, set[str | None]] = {}
+    for image in client.images(model_id):
+        present.setdefault(image["sha256"], set()).add(image["category"])
     plan: list[tuple[str | None, list[Path]]] = []
     for name, paths in by_folder.items():  # an empty folder still makes its category
         category: str | None = None
@@ -198,7 +201,7 @@ def plan_import(client: Client, model_id: str, folder: Path,
             except OSError as exc:
                 report.failures.append((str(path), f"cannot read it: {exc.strerror}"))
                 continue
-            if digest in present:
+            if digest in present and (category is None or category in present[digest]):
                 report.skipped += 1
             else:
                 todo.append(path)

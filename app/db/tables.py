@@ -96,11 +96,16 @@ class Image(Base):
     __tablename__ = "image"
     # AUTOINCREMENT: SQLite would otherwise hand a deleted image's id to the next upload, and
     # versions (their image_ids, their review) would then name the wrong image.
-    __table_args__ = (UniqueConstraint("model_id", "sha256"), {"sqlite_autoincrement": True})
+    __table_args__ = (UniqueConstraint("model_id", "sha256", "copy"),
+                      {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"), index=True)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
+    # 0 for the first row of these bytes in the model; 1, 2... for the same bytes uploaded to
+    # other categories (kept, so the review can list the conflict). The unique key over it
+    # makes two requests adding the same bytes at once collide, as before there were copies.
+    copy: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     filename: Mapped[str] = mapped_column(String(500))
     source: Mapped[str] = mapped_column(String(20), default="upload")
     format: Mapped[str] = mapped_column(String(10))

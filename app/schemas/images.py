@@ -24,6 +24,9 @@ class UploadResult(BaseModel):
     sha256: str | None = None
     width: int | None = None
     height: int | None = None
+    also_in: list[str] | None = Field(
+        default=None, description="accepted bytes that are in these categories too: a label "
+        "conflict, listed among the review's duplicates")
     error: FileError | None = None
 
 

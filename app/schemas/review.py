@@ -25,6 +25,7 @@ class DuplicateGroup(BaseModel):
     # across_categories: one picture under two labels; within_category: a repeat, which lets
     # cross-validation score an image with its own copy in the training folds.
     kind: Literal["across_categories", "within_category"]
+    identical: bool  # the very same bytes, uploaded more than once
     similarity: float  # the lowest cosine between two members
     images: list[ReviewImage]
 
@@ -53,6 +54,7 @@ class ReviewOut(BaseModel):
     backbone: str
     n_images: int  # images of the version still present, the ones reviewed
     n_deleted: int  # images of the version deleted since, left out
+    n_fixed: int  # suspects moved to another category since, no longer listed
     duplicate_threshold: float
     suspected_mislabels: list[SuspectedMislabel]
     duplicates: list[DuplicateGroup]

@@ -84,10 +84,11 @@ def add_images(session: Session, runtime: Runtime, *, account: Account, model_id
     """Store each acceptable upload, labelled `category` or, for None, in the unlabelled pool;
     return one result per file, in order.
 
-    An image already in the model is a duplicate, except that one waiting in the pool gets the
-    label (accepted) and one labelled otherwise is a label_conflict. Two requests adding the same
-    image at once both read it as new; the second to commit hits the (model, sha256) unique
-    key, rolls back and runs again, now finding the image there.
+    Bytes already in the target (the category, or anywhere for the pool) are a duplicate; bytes
+    waiting in the pool get the label; bytes in another category are stored again as a copy in
+    this one (accepted, `also_in` naming the others), for the review to list as a conflict.
+    Two requests adding the same bytes at once both read them as new; the second to commit
+    hits the (model, sha256, copy) unique key, rolls back and runs again, now finding them.
     """
     try:
         return _add_images(session, runtime, account=account, model_id=model_id,
@@ -98,38 +99,50 @@ def add_images(session: Session, runtime: Runtime, *, account: Account, model_id
                            category=category, uploads=uploads)
 
 
+@dataclass
+class _Stored:
+    """One row of some bytes in the model: its id (None until flushed), category, copy."""
+
+    image_id: int | None
+    category_id: int | None
+    copy: int
+
+
 def _add_images(session: Session, runtime: Runtime, *, account: Account, model_id: str,
                 category: str | None, uploads: list[Upload]) -> list[dict[str, Any]]:
     model = get_model(session, account=account, model_id=model_id)
     target = find_category(model, category)
-    existing = _labels_by_digest(session, model.id)
+    target_id = target.id if target is not None else None
+    names = {c.id: c.name for c in model.categories}
+    existing = _rows_by_digest(session, model.id)
     results: list[dict[str, Any]] = []
     added: list[tuple[dict[str, Any], Image]] = []
     labelled: list[int] = []  # pool images this upload labels
     for result, upload, decoded in decode_uploads(uploads, runtime.settings, results):
         digest = runtime.blobs.put(upload.data)
-        if digest in existing:
-            image_id, category_id = existing[digest]
-            if target is None or category_id == target.id:
-                result.update(status="duplicate", image_id=image_id, sha256=digest)
-            elif category_id is None and image_id is not None:
-                result.update(status="accepted", image_id=image_id, sha256=digest,
-                              width=decoded.width, height=decoded.height)
-                labelled.append(image_id)
-                existing[digest] = (image_id, target.id)
-            else:
-                other = next(c.name for c in model.categories if c.id == category_id)
-                result.update(rejection(upload.filename, ImageRejected(
-                    "label_conflict", f"This image is already in category {other!r}.",
-                    status=409)))
+        rows = existing.setdefault(digest, [])
+        same = next((r for r in rows if target is None or r.category_id == target_id), None)
+        pooled = next((r for r in rows if r.category_id is None and r.image_id is not None),
+                      None)
+        if same is not None:
+            result.update(status="duplicate", image_id=same.image_id, sha256=digest)
             continue
-        image = Image(model_id=model.id, sha256=digest, filename=upload.filename[:500],
-                      format=decoded.format, width=decoded.width, height=decoded.height,
-                      size_bytes=len(upload.data))
-        # A repeat later in this batch is a duplicate.
-        existing[digest] = (None, target.id if target is not None else None)
-        result.update(status="accepted", sha256=digest, width=decoded.width,
-                      height=decoded.height)
+        size = {"sha256": digest, "width": decoded.width, "height": decoded.height}
+        if pooled is not None:
+            result.update(status="accepted", image_id=pooled.image_id, **size)
+            labelled.append(pooled.image_id)  # type: ignore[arg-type]
+            pooled.category_id = target_id
+            continue
+        copy = max((r.copy for r in rows), default=-1) + 1
+        image = Image(model_id=model.id, sha256=digest, copy=copy,
+                      filename=upload.filename[:500], format=decoded.format,
+                      width=decoded.width, height=decoded.height, size_bytes=len(upload.data))
+        rows.append(_Stored(None, target_id, copy))  # a repeat later in this batch: duplicate
+        result.update(status="accepted", **size)
+        also_in = sorted({names[r.category_id] for r in rows if r.category_id is not None}
+                         - {names.get(target_id)})  # type: ignore[arg-type]
+        if also_in:
+            result["also_in"] = also_in
         added.append((result, image))
     raise_if_nothing_accepted(results)
     # Rows are written only now: decoding is the slow part, and SQLite's write lock, taken by
@@ -140,9 +153,11 @@ def _add_images(session: Session, runtime: Runtime, *, account: Account, model_i
         session.add_all([ImageLabel(image_id=image_id, category_id=target.id)
                          for image_id in [image.id for _, image in added] + labelled])
     session.commit()
+    for result, image in added:
+        result["image_id"] = image.id
     ids = {image.sha256: image.id for _, image in added}
-    for result in results:
-        if result["status"] in ("accepted", "duplicate") and result.get("image_id") is None:
+    for result in results:  # a repeat of a file added by this batch
+        if result["status"] == "duplicate" and result.get("image_id") is None:
             result["image_id"] = ids[result["sha256"]]
     if added or labelled:
         request_extraction(session, runtime, account=account, model=model)
@@ -152,15 +167,17 @@ def _add_images(session: Session, runtime: Runtime, *, account: Account, model_i
     return results
 
 
-def _labels_by_digest(session: Session,
-                      model_id: str) -> dict[str, tuple[int | None, int | None]]:
-    """Return {sha256: (image id, category id or None in the pool)} of the model's images."""
+def _rows_by_digest(session: Session, model_id: str) -> dict[str, list[_Stored]]:
+    """Return {sha256: its rows} of the model's images."""
     rows = session.execute(
-        select(Image.sha256, Image.id, ImageLabel.category_id)
+        select(Image.sha256, Image.id, ImageLabel.category_id, Image.copy)
         .outerjoin(ImageLabel, ImageLabel.image_id == Image.id)
         .where(Image.model_id == model_id)
     )
-    return {digest: (image_id, category_id) for digest, image_id, category_id in rows}
+    found: dict[str, list[_Stored]] = {}
+    for digest, image_id, category_id, copy in rows:
+        found.setdefault(digest, []).append(_Stored(image_id, category_id, copy))
+    return found
 
 
 def find_category(model: Model, name: str | None) -> Category | None:
@@ -266,6 +283,7 @@ def move_images(session: Session, *, account: Account, model_id: str, image_ids:
     target = find_category(model, category)
     images = _own_images(session, model, image_ids)
     ids = [image.id for image in images]
+    _refuse_two_copies_in(session, model, images, target)
     session.execute(delete(ImageLabel).where(ImageLabel.image_id.in_(ids)))
     if target is not None:
         session.add_all([ImageLabel(image_id=image_id, category_id=target.id)
@@ -275,6 +293,30 @@ def move_images(session: Session, *, account: Account, model_id: str, image_ids:
     log.info("images.moved model=%s category=%s images=%d", model.id, name or "(unlabelled)",
              len(ids))
     return [(image, name) for image in images]
+
+
+def _refuse_two_copies_in(session: Session, model: Model, moving: list[Image],
+                         target: Category | None) -> None:
+    """Raise Conflict when the move would put two copies of the same bytes in `target` (a
+    category, or the pool): one of them is better deleted."""
+    moving_ids = {image.id for image in moving}
+    digests = {image.sha256 for image in moving}
+    staying = session.execute(
+        select(Image.id, Image.sha256).outerjoin(ImageLabel, ImageLabel.image_id == Image.id)
+        .where(Image.model_id == model.id, Image.sha256.in_(digests),
+               ImageLabel.category_id == target.id if target is not None
+               else ImageLabel.category_id.is_(None)))
+    twins = {digest: image_id for image_id, digest in staying if image_id not in moving_ids}
+    seen: dict[str, int] = {}
+    for image in moving:
+        twin = twins.get(image.sha256, seen.get(image.sha256))
+        if twin is not None:
+            where = f"category {target.name!r}" if target is not None else "the unlabelled pool"
+            raise Conflict(f"Image {image.id} has the same content as image {twin}, already in "
+                           f"{where}; delete one of the two instead. Nothing was changed.",
+                           code="already_in_category",
+                           details={"image_id": image.id, "same_as": twin})
+        seen[image.sha256] = image.id
 
 
 def delete_images(session: Session, runtime: Runtime, *, account: Account, model_id: str,

@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.tables import Account, Image, ImageLabel, ModelVersion
+from app.db.tables import Account, Category, Image, ImageLabel, ModelVersion
 from app.errors import Conflict, NotFound
 from app.schemas.review import (
     Confusion,
@@ -127,10 +127,13 @@ def version_review(session: Session, runtime: Runtime, *, account: Account, mode
     # then are deleted images dropped.
     issues = [issue for issue in review.suspected_mislabels(labels, probs) if present[issue.row]]
     kept_as_labelled = _kept_as_labelled(session, images.values())
+    now = _category_names(session, model.id, [ids[i.row] for i in issues])
+    # A suspect a person has moved since training is counted as fixed, not listed again.
+    fixed = {i.row for i in issues if now.get(ids[i.row]) != names[i.label]}
     mislabels = [SuspectedMislabel(image_id=ids[i.row], file_name=name_of(i.row),
                                    category=names[i.label], suggested_category=names[i.suggested],
                                    confidence=round(i.confidence, 4))
-                 for i in issues if ids[i.row] not in kept_as_labelled]
+                 for i in issues if ids[i.row] not in kept_as_labelled and i.row not in fixed]
 
     kept = np.flatnonzero(present)
     kept_labels, kept_probs = labels[kept], probs[kept]
@@ -155,17 +158,32 @@ def version_review(session: Session, runtime: Runtime, *, account: Account, mode
         for group in review.duplicate_groups(features[backbone][:, 0]):
             members = [ReviewImage(image_id=ids[kept[r]], file_name=name_of(kept[r]),
                                    category=names[kept_labels[r]]) for r in group.rows]
+            if all(m.image_id in kept_as_labelled for m in members):
+                continue  # a person kept every one of them as they are
             across = len({m.category for m in members}) > 1
             duplicates.append(DuplicateGroup(
                 kind="across_categories" if across else "within_category",
+                identical=len({digests[r] for r in group.rows}) == 1,
                 similarity=round(group.similarity, 4), images=members))
         duplicates.sort(key=lambda g: g.kind != "across_categories")
 
     return ReviewOut(model_id=model.id, version=version.number, backbone=version.backbone,
-                     n_images=len(kept), n_deleted=len(ids) - len(kept),
+                     n_images=len(kept), n_deleted=len(ids) - len(kept), n_fixed=len(fixed),
                      duplicate_threshold=review.DUPLICATE_COSINE,
                      suspected_mislabels=mislabels, duplicates=duplicates, hardest=hardest,
                      confusions=confusions)
+
+
+def _category_names(session: Session, model_id: str,
+                    image_ids: list[int]) -> dict[int, str | None]:
+    """{image id: its category's name now, None in the pool} for these images of the model."""
+    if not image_ids:
+        return {}
+    rows = session.execute(
+        select(ImageLabel.image_id, Category.name)
+        .join(Category, Category.id == ImageLabel.category_id)
+        .where(Category.model_id == model_id, ImageLabel.image_id.in_(set(image_ids))))
+    return {image_id: None for image_id in image_ids} | {image_id: name for image_id, name in rows}
 
 
 def _kept_as_labelled(session: Session, images: Iterable[Image]) -> set[int]:

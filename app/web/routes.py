@@ -151,20 +151,20 @@ def review_of(session: Session, runtime: Runtime, *, account: Account,
               model_id: str) -> dict[str, Any]:
     """The active version's review as the page shows it; a model without one says why.
 
-    Suspects a person has moved since the version was trained are counted, not listed again.
     """
     try:
         review = version_review(session, runtime, account=account, model_id=model_id)
     except Conflict as exc:
         return {"unavailable": exc.message}
-    ids = [m.image_id for m in review.suspected_mislabels]
-    ids += [image.image_id for group in review.duplicates for image in group.images]
+    ids = [image.image_id for group in review.duplicates for image in group.images]
     ids += [image_id for confusion in review.confusions for image_id in confusion.image_ids]
     now = image_service.categories_of(session, model_id=model_id, image_ids=ids)
-    open_suspects = [m for m in review.suspected_mislabels
-                     if m.image_id in now and now[m.image_id] == m.category]
-    return {"review": review, "suspects": open_suspects, "now": now,
-            "fixed": len(review.suspected_mislabels) - len(open_suspects)}
+    # A duplicate can move to the category another member of its group is in now.
+    move_to = {image.image_id: sorted({name for other in group.images
+                                       if (name := now.get(other.image_id)) is not None
+                                       and name != now.get(image.image_id)})
+               for group in review.duplicates for image in group.images}
+    return {"review": review, "now": now, "move_to": move_to}
 
 
 def suggestions_of(session: Session, runtime: Runtime, *, account: Account,

@@ -104,12 +104,47 @@ def test_batch_reports_each_file_and_keeps_only_good_ones(client: TestClient) ->
     assert len(stored_blobs(client)) == 2
     again = upload(client, model_id, "hemlock", good[:1]).json()["results"][0]
     assert again["status"] == "duplicate"
-    conflict = upload(client, model_id, "japanese_cherry", good[:1])
-    assert conflict.status_code == 409
-    assert conflict.json()["error"]["code"] == "label_conflict"
     model = client.get(f"/api/v1/models/{model_id}", headers=bearer()).json()
     assert model["categories"] == [{"name": "hemlock", "count": 2},
                                    {"name": "japanese_cherry", "count": 0}]
+
+
+def test_same_bytes_in_a_second_category_are_kept_as_a_copy(client: TestClient) -> None:
+    model_id = create_model(client)
+    photo = tree_photos("hemlock")[0]
+    first = upload(client, model_id, "hemlock", [photo]).json()["results"][0]
+    copy = upload(client, model_id, "japanese_cherry", [photo]).json()["results"][0]
+    assert copy["status"] == "accepted" and copy["also_in"] == ["hemlock"], copy
+    assert copy["image_id"] != first["image_id"] and copy["sha256"] == first["sha256"]
+    assert first.get("also_in") is None
+    assert len(stored_blobs(client)) == 1  # one blob behind both rows
+    again = upload(client, model_id, "japanese_cherry", [photo]).json()["results"][0]
+    assert again == {**again, "status": "duplicate", "image_id": copy["image_id"]}
+    pooled = upload(client, model_id, None, [photo]).json()["results"][0]
+    assert pooled["status"] == "duplicate"
+    model = client.get(f"/api/v1/models/{model_id}", headers=bearer()).json()
+    assert model["categories"] == [{"name": "hemlock", "count": 1},
+                                   {"name": "japanese_cherry", "count": 1}]
+
+    # Moving the copy next to its twin would make them a repeat: refused, nothing changed.
+    moved = client.patch(f"/api/v1/models/{model_id}/images/{copy['image_id']}",
+                         json={"category": "hemlock"}, headers=bearer())
+    assert moved.status_code == 409, moved.text
+    error = moved.json()["error"]
+    assert error["code"] == "already_in_category" and str(first["image_id"]) in error["message"]
+    both = client.post(f"/api/v1/models/{model_id}/images/bulk", headers=bearer(), json={
+        "action": "move", "image_ids": [first["image_id"], copy["image_id"]], "category": None})
+    assert both.status_code == 409, both.text
+    items = client.get(f"/api/v1/models/{model_id}/images", headers=bearer()).json()["items"]
+    assert [(i["id"], i["category"]) for i in items] == [(first["image_id"], "hemlock"),
+                                                         (copy["image_id"], "japanese_cherry")]
+    # Deleting one copy keeps the blob for the other.
+    gone = client.delete(f"/api/v1/models/{model_id}/images/{first['image_id']}",
+                         headers=bearer())
+    assert gone.status_code in (200, 204), gone.text
+    assert len(stored_blobs(client)) == 1
+    assert client.patch(f"/api/v1/models/{model_id}/images/{copy['image_id']}",
+                        json={"category": "hemlock"}, headers=bearer()).status_code == 200
 
 
 def test_content_decides_not_name_or_content_type(client: TestClient) -> None:

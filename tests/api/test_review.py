@@ -50,22 +50,28 @@ def test_review_lists_one_photo_in_two_categories(client: TestClient, tmp_path: 
     copy.write_bytes(_reencoded(hemlock[0]))
     copied = upload(client, model_id, "japanese_cherry", [copy]).json()["results"][0]
     assert copied["status"] == "accepted", copied  # other bytes: not refused as the same image
+    same = upload(client, model_id, "hemlock", cherry[:1]).json()["results"][0]
+    assert same["status"] == "accepted" and same["also_in"] == ["japanese_cherry"], same
     _train(client, model_id)
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
     with runtime.session_factory() as session:
         ids = {image.filename: image.id for image in session.scalars(
-            select(Image).where(Image.model_id == model_id))}
+            select(Image).where(Image.model_id == model_id, Image.copy == 0))}
 
     response = _review(client, model_id)
     assert response.status_code == 200, response.text
     review = response.json()
-    assert review["version"] == 1 and review["n_images"] == 21 and review["n_deleted"] == 0
-    across = [g for g in review["duplicates"] if g["kind"] == "across_categories"]
-    assert len(across) == 1, review["duplicates"]
-    members = {(m["image_id"], m["category"]) for m in across[0]["images"]}
-    assert members == {(ids[hemlock[0].name], "hemlock"),
-                       (ids["cherry_or_hemlock.jpg"], "japanese_cherry")}
-    assert across[0]["similarity"] >= review["duplicate_threshold"]
+    assert review["version"] == 1 and review["n_images"] == 22 and review["n_deleted"] == 0
+    across = {frozenset((m["image_id"], m["category"]) for m in g["images"]): g
+              for g in review["duplicates"] if g["kind"] == "across_categories"}
+    reencoded = frozenset({(ids[hemlock[0].name], "hemlock"),
+                           (ids["cherry_or_hemlock.jpg"], "japanese_cherry")})
+    identical = frozenset({(ids[cherry[0].name], "japanese_cherry"),
+                           (same["image_id"], "hemlock")})
+    assert set(across) == {reencoded, identical}, review["duplicates"]
+    assert across[reencoded]["similarity"] >= review["duplicate_threshold"]
+    assert across[identical]["similarity"] > 0.999
+    assert across[identical]["identical"] and not across[reencoded]["identical"]
     # The copy's own label disagrees with its twin's: the out-of-fold model says hemlock.
     flagged = {m["image_id"]: m for m in review["suspected_mislabels"]}
     suspect = flagged[ids["cherry_or_hemlock.jpg"]]
@@ -91,20 +97,30 @@ def test_review_lists_one_photo_in_two_categories(client: TestClient, tmp_path: 
     other = client.post(f"/api/v1/models/{model_id}/review/keep", json={"image_ids": [10**6]},
                         headers=bearer())
     assert other.status_code == 404
+    # Moved to the suggested category: fixed, counted, not listed until the next training.
+    assert review["n_fixed"] == 0
     moved = client.patch(f"/api/v1/models/{model_id}/images/{copy_id}",
                          json={"category": "hemlock"}, headers=bearer())
     assert moved.status_code == 200
-    assert copy_id in {m["image_id"] for m in _review(client, model_id).json()[
-        "suspected_mislabels"]}
+    after_move = _review(client, model_id).json()
+    assert copy_id not in {m["image_id"] for m in after_move["suspected_mislabels"]}
+    assert after_move["n_fixed"] == 1
 
     # An image deleted since training is left out of the review, not an error.
     with runtime.session_factory() as session:
         session.delete(session.get(Image, ids["cherry_or_hemlock.jpg"]))
         session.commit()
     after = _review(client, model_id).json()
-    assert after["n_images"] == 20 and after["n_deleted"] == 1
+    assert after["n_images"] == 21 and after["n_deleted"] == 1
     assert ids["cherry_or_hemlock.jpg"] not in {m["image_id"] for m in after["suspected_mislabels"]}
-    assert not [g for g in after["duplicates"] if g["kind"] == "across_categories"]
+    assert [frozenset((m["image_id"], m["category"]) for m in g["images"])
+            for g in after["duplicates"] if g["kind"] == "across_categories"] == [identical]
+    # Keeping every member of a group takes the group off the list.
+    both = [image_id for image_id, _ in identical]
+    assert client.post(f"/api/v1/models/{model_id}/review/keep", json={"image_ids": both},
+                       headers=bearer()).status_code == 200
+    assert not [g for g in _review(client, model_id).json()["duplicates"]
+                if g["kind"] == "across_categories"]
 
 
 def test_review_of_a_version_without_review_data_is_409(client: TestClient,

@@ -27,6 +27,9 @@ MISLABELLED = {
     "tulips": FLOWERS / "train" / "sunflowers" / "35477171_13cb52115c_n.jpg",
     "sunflowers": FLOWERS / "train" / "daisy" / "172882635_4cc7b86731_m.jpg",
 }
+# The same file uploaded to a second category: kept, flagged at upload, listed in the review's
+# duplicates, where the walk deletes the wrong copy.
+COPIED = ("tulips", FLOWERS / "train" / "daisy" / "162362896_99c7d851c8_n.jpg")  # daisy no. 7
 # Photos for the unlabelled pool, labelled later with one click.
 POOL = [FLOWERS / "val" / "daisy" / "102841525_bd6628ae3c.jpg",
         FLOWERS / "val" / "daisy" / "11642632_1e7627a2cc.jpg"]
@@ -109,6 +112,11 @@ def add_photos(page: Page, artifacts: Artifacts) -> None:
     # Two photos in the wrong category on purpose, for the review to find.
     for category, photo in MISLABELLED.items():
         upload(page, artifacts, category, [photo], 1, count=PHOTOS_PER_CATEGORY + 1)
+    category, photo = COPIED
+    upload(page, artifacts, category, [photo], 1, count=PHOTOS_PER_CATEGORY + 2)
+    expect(page.locator(f"[data-dropzone][data-category='{category}'] .result-accepted"),
+           artifacts.note("a file already in another category should be flagged as such")
+           ).to_contain_text("also in daisy")
     artifacts.shot(page, "uploaded")
 
 
@@ -261,6 +269,17 @@ def review_and_fix(page: Page, model_id: str, artifacts: Artifacts) -> None:
     expect(thumb(page, daisy.name), artifacts.note("a kept image should not be suspected again")
            ).to_have_count(0)
     artifacts.shot(page, "review-fixed")
+
+    # The same file in daisy and tulips: listed as a duplicate; the tulips copy goes.
+    identical = page.locator(".duplicate-group", has_text="identical files")
+    expect(identical, artifacts.note("the file uploaded to two categories should be listed "
+                                     "among the duplicates")).to_have_count(1)
+    expect(identical).to_contain_text("The same picture in two categories")
+    expect(identical.locator(".thumb")).to_have_count(2)
+    identical.locator(".thumb", has_text="in tulips").get_by_role("button", name="Delete").click()
+    expect(page).to_have_url(re.compile(rf"/web/models/{model_id}/review$"))
+    expect(page.locator(".duplicate-group", has_text="identical files"), artifacts.note(
+        "deleting one copy should end the duplicate")).to_have_count(0)
 
     tabs = page.get_by_role("navigation", name="Images")
     tabs.get_by_role("link", name="sunflowers (9)").click()

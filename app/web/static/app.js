@@ -29,6 +29,7 @@
 
   function describe(result) {
     if (result.status === "duplicate") return "already in this category";
+    if (result.also_in) return "also in " + result.also_in.join(", ") + ": see the review";
     if (result.status === "rejected" && result.error) return result.error.message;
     return "";
   }

@@ -1,4 +1,4 @@
-"""The `nanonet` command: serve, keys create, migrate, import, export-images."""
+"""The `nanonet` command: serve, keys create, migrate, import, export-images, retrain."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.client import DEFAULT_URL, ApiError, Client, Report, export_images, import_folder
+
+if TYPE_CHECKING:
+    from app.services.retrain import Retraining
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +47,18 @@ def main(argv: list[str] | None = None) -> int:
                     "(DIR/_unlabelled/ for the pool); the inverse of `nanonet import`.")
     _client_arguments(export)
 
+    retrain = commands.add_parser(
+        "retrain", help="train every model again (after new backbones or settings)",
+        description="Queue a training of every model on this server's database (or one "
+                    "account's), wait for them, and print each model's cross-validated "
+                    "accuracy before and after, and whether the new version went live.")
+    retrain.add_argument("--all", action="store_true", required=True,
+                         help="every model (of --account, if given)")
+    retrain.add_argument("--account", metavar="NAME", help="only this account's models")
+    retrain.add_argument("--activate", choices=("always", "if_better", "never"),
+                         default="if_better",
+                         help="whether a new version goes live (default: if_better)")
+
     args = parser.parse_args(argv)
     if args.command in ("import", "export-images"):
         return _transfer(args)
@@ -52,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "keys":
         return _create_key(args.name)
+    if args.command == "retrain":
+        return _retrain(args.account, args.activate)
     return _migrate()
 
 
@@ -163,6 +181,67 @@ def _create_key(name: str) -> int:
         runtime.engine.dispose()
     print(f"Created account {account.name!r} ({account.id}). API key: {key}")
     return 0
+
+
+def _retrain(account_name: str | None, activate: str) -> int:
+    from app.config import Settings
+    from app.db.engine import upgrade_database
+    from app.errors import NanoNetError
+    from app.main import make_queue
+    from app.runtime import build_runtime
+    from app.services.retrain import queue_retraining, wait_for_retraining
+
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings.resolved_database_url)
+    runtime = build_runtime(settings)
+    # Embedded default: the jobs run here, on this process's runner, and only the ones it
+    # queued (a job is claimed once, so a server on the same data dir never runs them twice).
+    # Full stack: the Celery workers run them.
+    runtime.queue = make_queue(runtime, resume=False)
+    try:
+        with runtime.session_factory() as session:
+            plan = queue_retraining(session, runtime, account_name=account_name,
+                                    activate=activate)
+        runtime.queue.start()
+        queued = sum(item.job_id is not None for item in plan)
+        bar = _ProgressBar("retraining")
+        wait_for_retraining(runtime, plan, on_done=bar(queued, 0) if queued else None)
+        bar.close()
+    except NanoNetError as exc:
+        print(f"nanonet retrain: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        runtime.close()
+    _print_retraining(plan)
+    return 1 if any(item.status == "failed" for item in plan) else 0
+
+
+def _print_retraining(plan: list[Retraining]) -> None:
+    def accuracy(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    def version(value: int | None) -> str:
+        return "-" if value is None else f"v{value}"
+
+    header = ("model", "account", "before", "cv acc", "after", "cv acc", "live", "why")
+    rows = [header]
+    for item in plan:
+        live = ("skipped" if item.skipped else "failed" if item.status == "failed"
+                else "yes" if item.activated else "no")
+        rows.append((f"{item.model_name} ({item.model_id[:8]})", item.account_name,
+                     version(item.before_version), accuracy(item.before_accuracy),
+                     version(item.after_version), accuracy(item.after_accuracy), live,
+                     item.skipped or item.reason or ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+              + "  " + row[-1])
+    went_live = sum(bool(item.activated) for item in plan)
+    print(f"{len(plan)} models: {went_live} new versions went live, "
+          f"{sum(item.activated is False for item in plan)} kept aside, "
+          f"{sum(item.skipped is not None for item in plan)} skipped, "
+          f"{sum(item.status == 'failed' for item in plan)} failed")
 
 
 def _migrate() -> int:

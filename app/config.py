@@ -58,6 +58,23 @@ class Settings(BaseSettings):
         default=True, description="on a first start with no account, create one and print its key"
     )
     head_cache_size: int = Field(default=256, ge=1)
+    keep_versions: int = Field(
+        default=10, ge=1,
+        description="versions kept per model; the oldest inactive ones and their files go first")
+
+    url_allow_private: bool = Field(
+        default=False,
+        description="let webhooks (and URL uploads) reach loopback, private, link-local and "
+                    "cloud-metadata addresses; for tests and closed networks only")
+    webhook_timeout: float = Field(default=10.0, gt=0, le=60,
+                                   description="seconds one delivery attempt may take in all")
+    webhook_retry_delays: list[float] = Field(
+        default=[30, 120, 300, 900, 2400], max_length=20,
+        description="seconds before each retry of a failed delivery (JSON list); attempts are "
+                    "one more than retries: 6 over about an hour by default")
+    webhook_queue: str = Field(
+        default="webhooks", description="Celery queue of webhook deliveries, apart from the "
+                                        "jobs so a slow receiver never holds up a training")
     migrate_on_start: bool = Field(
         default=True,
         description="apply Alembic migrations at startup (off when a migrate step runs)",

@@ -28,14 +28,18 @@ from app.web.routes import mount_web
 log = logging.getLogger("nanonet")
 
 
-def make_queue(runtime: Runtime) -> JobQueue:
-    """Return the job backend settings.job_backend names, running jobs with the shared handler."""
+def make_queue(runtime: Runtime, *, resume: bool = True) -> JobQueue:
+    """Return the job backend settings.job_backend names, running jobs with the shared handler.
+
+    `resume`: the embedded runner picks up what a previous process left queued or running;
+    a command-line tool beside a live server must not (the server's running jobs are alive).
+    """
     if runtime.settings.job_backend == "celery":
         return CeleryQueue(runtime.settings)
-    return InProcessQueue(
-        partial(run_job, runtime), workers=runtime.settings.job_workers,
-        pending=partial(jobs_to_resume, runtime.session_factory,
-                        max_attempts=runtime.settings.job_max_attempts))
+    pending = partial(jobs_to_resume, runtime.session_factory,
+                      max_attempts=runtime.settings.job_max_attempts) if resume else tuple
+    return InProcessQueue(partial(run_job, runtime), workers=runtime.settings.job_workers,
+                          pending=pending)
 
 
 def start_runtime(runtime: Runtime) -> None:

@@ -23,8 +23,12 @@ if TYPE_CHECKING:
 class JobQueue(Protocol):
     """Where committed job ids go: app.jobs.inprocess or app.jobs.celery_queue, chosen in main."""
 
-    def submit(self, job_id: str) -> None:
-        """Hand a committed job row to the backend; must not block on the job itself."""
+    def submit(self, job_id: str, *, lane: str = "jobs", delay: float = 0.0) -> None:
+        """Hand a committed job row to the backend; must not block on the job itself.
+
+        `lane`: "jobs" (training, extraction, batches) or "webhooks" (deliveries, which run
+        apart so a slow receiver never holds up a job); `delay`: seconds before it may run.
+        """
 
     def start(self) -> None: ...
 
@@ -53,6 +57,11 @@ class HeadCache:
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
         return loaded
+
+    def forget(self, path: Path) -> None:
+        """Drop a deleted version's head."""
+        with self._lock:
+            self._items.pop(str(path), None)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 from fastapi import APIRouter
 
 from app.api.routes import (
+    batches,
     categories,
     images,
     jobs,
@@ -10,9 +11,11 @@ from app.api.routes import (
     review,
     suggestions,
     training,
+    versions,
+    webhooks,
 )
 
 api_router = APIRouter(prefix="/api/v1")
-for module in (models, categories, images, training, jobs, predictions, metrics, review,
-               suggestions):
+for module in (models, categories, images, training, versions, jobs, predictions, metrics,
+               review, suggestions, batches, webhooks):
     api_router.include_router(module.router)

@@ -33,6 +33,20 @@ class JobStatus(StrEnum):
 ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
+class VersionStatus(StrEnum):
+    """A version is made when its training starts and never changes once ready or failed."""
+
+    TRAINING = "training"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # waiting for its next attempt
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # out of attempts, or refused before sending (the URL's address)
+
+
 class Account(Base):
     __tablename__ = "account"
 
@@ -142,6 +156,8 @@ class Job(Base):
         ForeignKey("model.id", ondelete="CASCADE"), index=True, nullable=True
     )
     kind: Mapped[str] = mapped_column(String(30))
+    # What the job was asked to do (training's activation policy, a batch's inputs...).
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED)
     stage: Mapped[str] = mapped_column(String(40), default="queued")
     progress: Mapped[float] = mapped_column(Float, default=0.0)
@@ -155,7 +171,11 @@ class Job(Base):
 
 
 class ModelVersion(Base):
-    """An immutable trained head: what it was trained on, how it scored, where its file is."""
+    """One training run of a model: made when the run starts, immutable once ready or failed.
+
+    `image_ids`, `image_hashes` and `image_labels` (indices into `labels`) are parallel lists:
+    what the version was trained on, as it was then, whatever happens to the images later.
+    """
 
     __tablename__ = "model_version"
     __table_args__ = (UniqueConstraint("model_id", "number"),)
@@ -163,12 +183,66 @@ class ModelVersion(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     model_id: Mapped[str] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"), index=True)
     number: Mapped[int] = mapped_column(Integer)
-    backbone: Mapped[str] = mapped_column(String(60))
-    head: Mapped[str] = mapped_column(String(30))
+    status: Mapped[str] = mapped_column(String(20), default=VersionStatus.READY,
+                                        server_default=VersionStatus.READY)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    backbone: Mapped[str | None] = mapped_column(String(60), nullable=True)
+    head: Mapped[str | None] = mapped_column(String(30), nullable=True)
     labels: Mapped[list[str]] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     image_ids: Mapped[list[int]] = mapped_column(JSON)
+    image_hashes: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    image_labels: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    # What changed since the version before: images added/removed per category, categories.
+    changes: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # How activation went: {"policy", "activated", "reason"}.
+    activation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     artifact_path: Mapped[str] = mapped_column(String(500))
     train_seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    @property
+    def chosen(self) -> tuple[str, str]:
+        """(backbone, head) of a ready version; raises ValueError for one still training."""
+        if self.backbone is None or self.head is None:
+            raise ValueError(f"version {self.number} is {self.status}: it has no model yet")
+        return self.backbone, self.head
+
+
+class Webhook(Base):
+    """An endpoint an account registered to hear about events, of one model or all of its own."""
+
+    __tablename__ = "webhook"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[str | None] = mapped_column(
+        ForeignKey("model.id", ondelete="CASCADE"), index=True, nullable=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    events: Mapped[list[str]] = mapped_column(JSON)
+    secret: Mapped[str] = mapped_column(String(100))  # "whsec_" + base64, as Standard Webhooks
+    enabled: Mapped[bool] = mapped_column(default=True)
+    description: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: the exact body sent, and every attempt to send it."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (Index("ix_webhook_delivery_webhook_created", "webhook_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # "msg_" + id: webhook-id
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhook.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(60))
+    body: Mapped[str] = mapped_column(Text)  # the JSON as signed and sent, byte for byte
+    status: Mapped[str] = mapped_column(String(20), default=DeliveryStatus.PENDING)
+    # [{"at", "status_code" | None, "error" | None, "seconds"}], oldest first.
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -34,7 +34,11 @@ def make_celery(settings: Settings) -> Celery:
 
 
 class CeleryQueue:
-    """Sends committed job ids to settings.job_queue; GPU workers consume `gpu` and `cpu`."""
+    """Sends committed job ids to settings.job_queue, deliveries to settings.webhook_queue;
+    GPU workers consume `gpu` and `cpu`, a small worker consumes `webhooks`.
+
+    A delayed delivery is a Celery countdown: it waits in Redis, within the visibility timeout
+    (6 h by default, above the longest retry delay)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -48,8 +52,10 @@ class CeleryQueue:
             self._app.close()
             self._app = None
 
-    def submit(self, job_id: str) -> None:
+    def submit(self, job_id: str, *, lane: str = "jobs", delay: float = 0.0) -> None:
         if self._app is None:
             self.start()
         assert self._app is not None
-        self._app.send_task(TASK_NAME, args=[job_id], queue=self.settings.job_queue)
+        target = self.settings.webhook_queue if lane == "webhooks" else self.settings.job_queue
+        self._app.send_task(TASK_NAME, args=[job_id], queue=target,
+                            countdown=delay if delay > 0 else None)

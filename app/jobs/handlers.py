@@ -7,8 +7,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from app.services import jobs as job_service
+from app.services.batches import run_batch_job
 from app.services.features import run_extraction_job
-from app.services.training import run_training_job
+from app.services.training import on_training_failed, run_training_job
+from app.services.webhooks import run_delivery_job
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -18,7 +20,11 @@ log = logging.getLogger("nanonet.jobs")
 HANDLERS: dict[str, Callable[[Runtime, str], None]] = {
     "train": run_training_job,
     "extract": run_extraction_job,
+    "batch_predict": run_batch_job,
+    job_service.WEBHOOK_JOB: run_delivery_job,
 }
+# Called after a job of the kind was marked failed (webhooks hear of failed trainings).
+ON_FAILURE: dict[str, Callable[[Runtime, str], None]] = {"train": on_training_failed}
 
 
 def run_job(runtime: Runtime, job_id: str, *, redelivered: bool = False) -> None:
@@ -44,6 +50,11 @@ def run_job(runtime: Runtime, job_id: str, *, redelivered: bool = False) -> None
         log.exception("jobs.run.failed job_id=%s", job_id)
         with runtime.session_factory() as session:
             job_service.fail_job(session, job_id=job_id, error=_describe(exc))
+        if kind in ON_FAILURE:
+            try:
+                ON_FAILURE[kind](runtime, job_id)
+            except Exception:
+                log.exception("jobs.on_failure.failed job_id=%s", job_id)
 
 
 def _describe(exc: Exception) -> str:

@@ -107,12 +107,22 @@ class CandidateScore(Stored):
     cv_log_loss: NonNegativeFloat
 
 
+class TrainingSettings(Stored):
+    """The settings a training ran with: what it could choose from, and its policy."""
+
+    backbones: list[str]
+    views: NonNegativeInt
+    seed: int
+    activate: str
+
+
 class VersionParams(Stored):
     l2: float | None
     views: PositiveInt
     metrics_note: str | None
     candidates: list[CandidateScore]
     unknown_threshold: float | None
+    settings: TrainingSettings | None = None  # versions trained before versions kept it: none
 
     @classmethod
     def of(cls, version: ModelVersion) -> VersionParams:
@@ -159,7 +169,8 @@ class MetricsOut(BaseModel):
     def build(cls, model: Model, version: ModelVersion) -> MetricsOut:
         metrics, params = VersionMetrics.of(version), VersionParams.of(version)
         measured: dict[str, Any] = metrics.model_dump(include=MEASURED) if metrics else {}
-        return cls(model_id=model.id, version=version.number, backbone=version.backbone,
-                   head=version.head, views=params.views, n_images=len(version.image_ids),
+        backbone, head = version.chosen
+        return cls(model_id=model.id, version=version.number, backbone=backbone,
+                   head=head, views=params.views, n_images=len(version.image_ids),
                    unknown_threshold=params.unknown_threshold, candidates=params.candidates,
                    note=params.metrics_note, **measured)

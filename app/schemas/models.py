@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from app.db.tables import Model, ModelVersion
-from app.schemas.metrics import VersionMetrics, VersionParams
+from app.db.tables import Model, ModelVersion, VersionStatus
+from app.schemas.metrics import TrainingSettings, VersionMetrics, VersionParams
 
 
 class ModelCreate(BaseModel):
@@ -18,20 +19,115 @@ class CategoryOut(BaseModel):
     count: int
 
 
+class ActivationOut(BaseModel):
+    policy: str = Field(description="always | if_better | never, as the training was asked")
+    activated: bool
+    reason: str
+
+
 class VersionOut(BaseModel):
     id: str
     number: int
-    backbone: str
-    head: str
+    status: str = Field(description="training | ready | failed")
+    error: str | None = Field(default=None, description="why it failed")
+    active: bool = False
+    backbone: str | None = Field(description="null until training has chosen one")
+    head: str | None
     image_count: int
+    accuracy: float | None = Field(default=None, description="cross-validated")
     train_seconds: float
+    activation: ActivationOut | None = None
     created_at: datetime
+    finished_at: datetime | None = None
 
     @classmethod
-    def build(cls, version: ModelVersion) -> VersionOut:
-        return cls(id=version.id, number=version.number, backbone=version.backbone,
-                   head=version.head, image_count=len(version.image_ids),
-                   train_seconds=version.train_seconds, created_at=version.created_at)
+    def build(cls, version: ModelVersion, *, active_id: str | None = None) -> VersionOut:
+        return cls(id=version.id, number=version.number, status=version.status,
+                   error=version.error, active=version.id == active_id,
+                   backbone=version.backbone, head=version.head,
+                   image_count=len(version.image_ids),
+                   accuracy=(version.metrics or {}).get("accuracy"),
+                   train_seconds=version.train_seconds,
+                   activation=ActivationOut.model_validate(version.activation)
+                   if version.activation else None,
+                   created_at=version.created_at, finished_at=version.finished_at)
+
+
+class TrainedImage(BaseModel):
+    id: int
+    sha256: str | None = Field(description="null for versions trained before hashes were kept")
+    category: str
+
+
+class CategoryChange(BaseModel):
+    category: str
+    added: int
+    removed: int
+    count: int
+
+
+class VersionChanges(BaseModel):
+    since_version: int | None = Field(description="null for a model's first version")
+    known: bool = Field(description="false when the version before did not record its images")
+    images_added: int
+    images_removed: int
+    categories_added: list[str]
+    categories_removed: list[str]
+    per_category: list[CategoryChange]
+
+
+class VersionDetail(VersionOut):
+    labels: list[str]
+    settings: TrainingSettings | None
+    metrics: VersionMetrics | None
+    metrics_note: str | None
+    changes: VersionChanges | None
+    images: list[TrainedImage]
+
+    @classmethod
+    def detail(cls, version: ModelVersion, *, active_id: str | None) -> VersionDetail:
+        base = VersionOut.build(version, active_id=active_id)
+        ready = version.status == VersionStatus.READY
+        params = VersionParams.of(version) if ready else None
+        settings = (params.settings if params is not None
+                    else TrainingSettings.model_validate(version.params["settings"])
+                    if "settings" in (version.params or {}) else None)
+        hashes: list[str | None] = [None] * len(version.image_ids)
+        if version.image_hashes is not None:
+            hashes = list(version.image_hashes)
+        labels = version.image_labels
+        if labels is None:  # older versions: the categories are in their review data only
+            labels = [-1] * len(version.image_ids)
+        return cls(**base.model_dump(), labels=list(version.labels), settings=settings,
+                   metrics=VersionMetrics.of(version) if ready else None,
+                   metrics_note=params.metrics_note if params is not None else None,
+                   changes=VersionChanges.model_validate(version.changes)
+                   if version.changes else None,
+                   images=[TrainedImage(id=image_id, sha256=digest,
+                                        category=version.labels[label] if label >= 0 else "")
+                           for image_id, digest, label in zip(version.image_ids, hashes, labels,
+                                                              strict=True)])
+
+
+class VersionList(BaseModel):
+    model_id: str
+    active_version: int | None
+    items: list[VersionOut]
+    total: int
+    page: int
+    per_page: int
+
+
+class ActivateOut(BaseModel):
+    model_id: str
+    active_version: VersionOut
+    changed: bool = Field(description="false when it was already the active version")
+
+
+class TrainRequest(BaseModel):
+    activate: Literal["always", "if_better", "never"] = Field(
+        default="always", description="if_better: only when its cross-validated accuracy is at "
+        "least the active version's; never: activate it yourself later")
 
 
 class ModelOut(BaseModel):
@@ -60,7 +156,7 @@ class ModelOut(BaseModel):
             backbone=version.backbone if version else None,
             metrics=VersionMetrics.of(version) if version else None,
             metrics_note=VersionParams.of(version).metrics_note if version else None,
-            version=VersionOut.build(version) if version else None,
+            version=VersionOut.build(version, active_id=version.id) if version else None,
             created_at=model.created_at, updated_at=model.updated_at,
         )
 

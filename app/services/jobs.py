@@ -9,7 +9,16 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
-from app.db.tables import ACTIVE_JOB_STATUSES, Account, Job, JobStatus, Model, ModelState
+from app.db.tables import (
+    ACTIVE_JOB_STATUSES,
+    Account,
+    Job,
+    JobStatus,
+    Model,
+    ModelState,
+    ModelVersion,
+    VersionStatus,
+)
 from app.errors import NotFound, Unavailable
 
 if TYPE_CHECKING:
@@ -52,7 +61,15 @@ def set_progress(session: Session, *, job_id: str, stage: str, progress: float) 
     session.commit()
 
 
-def dispatch(session: Session, queue: JobQueue | None, job: Job) -> None:
+WEBHOOK_JOB = "webhook"
+
+
+def lane_of(kind: str) -> str:
+    """The queue lane of a job kind: deliveries run apart from the jobs (app.runtime.JobQueue)."""
+    return "webhooks" if kind == WEBHOOK_JOB else "jobs"
+
+
+def dispatch(session: Session, queue: JobQueue | None, job: Job, *, delay: float = 0.0) -> None:
     """Hand a committed job to the queue; if the queue refuses it, fail the job and raise.
 
     Without this a job whose message never reached the broker would stay `queued` forever and
@@ -60,7 +77,7 @@ def dispatch(session: Session, queue: JobQueue | None, job: Job) -> None:
     """
     assert queue is not None, "the runtime has no job queue"
     try:
-        queue.submit(job.id)
+        queue.submit(job.id, lane=lane_of(job.kind), delay=delay)
     except Exception as exc:
         log.exception("jobs.dispatch.failed job_id=%s kind=%s", job.id, job.kind)
         # The type only: the message can carry the broker URL, credentials included.
@@ -85,6 +102,11 @@ def fail_job(session: Session, *, job_id: str, error: str) -> None:
 def _fail(session: Session, job: Job, error: str) -> None:
     now = utcnow()
     job.status, job.stage, job.error, job.finished_at = JobStatus.FAILED, "failed", error, now
+    # A training's version fails with it; the active version, whatever it is, stays.
+    session.execute(update(ModelVersion)
+                    .where(ModelVersion.job_id == job.id,
+                           ModelVersion.status == VersionStatus.TRAINING)
+                    .values(status=VersionStatus.FAILED, error=error, finished_at=now))
     if job.model_id is not None:
         model = session.get(Model, job.model_id)
         if model is not None and model.state == ModelState.TRAINING and not _other_active_job(
@@ -100,8 +122,10 @@ def _other_active_job(session: Session, model_id: str, job_id: str) -> bool:
     ) is not None
 
 
-def jobs_to_resume(session_factory: sessionmaker[Session], *, max_attempts: int) -> list[str]:
-    """At start: recover what a dead process left `running`, then return every queued job id."""
+def jobs_to_resume(session_factory: sessionmaker[Session], *,
+                   max_attempts: int) -> list[tuple[str, str]]:
+    """At start: recover what a dead process left `running`, then return (id, lane) of every
+    queued job."""
     with session_factory() as session:
         recover_interrupted_jobs(session, max_attempts=max_attempts)
         return queued_job_ids(session)
@@ -138,9 +162,11 @@ def _recover(session: Session, job: Job, max_attempts: int) -> None:
                             f"{job.attempts} of {max_attempts}); start it again.")
 
 
-def queued_job_ids(session: Session) -> list[str]:
-    return list(session.scalars(select(Job.id).where(Job.status == JobStatus.QUEUED)
-                                .order_by(Job.created_at)))
+def queued_job_ids(session: Session) -> list[tuple[str, str]]:
+    """(id, lane) of every queued job, oldest first."""
+    rows = session.execute(select(Job.id, Job.kind).where(Job.status == JobStatus.QUEUED)
+                           .order_by(Job.created_at))
+    return [(job_id, lane_of(kind)) for job_id, kind in rows]
 
 
 def queued_job(session: Session, *, model_id: str, kind: str) -> Job | None:

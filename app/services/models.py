@@ -8,7 +8,7 @@ import shutil
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.db.tables import Account, Category, Image, ImageLabel, Model
+from app.db.tables import Account, Category, Image, ImageLabel, Job, Model
 from app.errors import InvalidInput, NotFound
 from app.runtime import Runtime
 from app.services.thumbnails import discard_thumbnail
@@ -113,10 +113,14 @@ def delete_model(session: Session, runtime: Runtime, *, account: Account,
     no other model uses."""
     model = get_model(session, account=account, model_id=model_id)
     digests = set(session.scalars(select(Image.sha256).where(Image.model_id == model.id)))
+    batch_ids = list(session.scalars(select(Job.id).where(Job.model_id == model.id,
+                                                          Job.kind == "batch_predict")))
     session.delete(model)
     session.commit()
     # Files go only after the commit: a failed delete must not leave rows pointing at nothing.
     shutil.rmtree(runtime.settings.models_dir / model_id, ignore_errors=True)
+    for batch_id in batch_ids:
+        shutil.rmtree(runtime.settings.data_dir / "batches" / batch_id, ignore_errors=True)
     removed = remove_unused_images(session, runtime, digests=digests)
     log.info("models.deleted id=%s images_removed=%d", model_id, removed)
 

@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.tables import Account, Category, Image, ImageLabel, ModelVersion
+from app.db.tables import Account, Category, Image, ImageLabel
 from app.errors import Conflict, NotFound
 from app.schemas.review import (
     Confusion,
@@ -30,6 +30,7 @@ from app.schemas.review import (
 )
 from app.services.features import extract
 from app.services.models import get_model
+from app.services.versions import serving_version
 from app.storage import atomic_write
 
 if TYPE_CHECKING:
@@ -74,21 +75,6 @@ def duplicate_backbone(version_backbone: str) -> str:
     return DUPLICATE_BACKBONE if DUPLICATE_BACKBONE in available_backbones() else version_backbone
 
 
-def get_version(session: Session, *, model_id: str, number: int | None,
-                active_version: ModelVersion | None) -> ModelVersion:
-    """Return version `number` of the model, or its active one; raises NotFound or Conflict."""
-    if number is None:
-        if active_version is None:
-            raise Conflict("This model has no trained version yet; train it first.",
-                           code="model_not_trained")
-        return active_version
-    version = session.scalar(select(ModelVersion).where(ModelVersion.model_id == model_id,
-                                                        ModelVersion.number == number))
-    if version is None:
-        raise NotFound(f"This model has no version {number}.", code="version_not_found")
-    return version
-
-
 def version_review(session: Session, runtime: Runtime, *, account: Account, model_id: str,
                    number: int | None = None) -> ReviewOut:
     """Return the review of version `number` (default: the active one).
@@ -99,8 +85,7 @@ def version_review(session: Session, runtime: Runtime, *, account: Account, mode
     from app.ml import review
 
     model = get_model(session, account=account, model_id=model_id)
-    version = get_version(session, model_id=model.id, number=number,
-                          active_version=model.active_version)
+    version = serving_version(session, model=model, number=number)
     stored = _load_out_of_fold(out_of_fold_path(runtime.settings.models_dir,
                                                 version.artifact_path))
     if stored is None:
@@ -153,7 +138,7 @@ def version_review(session: Session, runtime: Runtime, *, account: Account, mode
     duplicates: list[DuplicateGroup] = []
     if len(kept) >= 2:
         digests = [images[ids[row]].sha256 for row in kept]
-        backbone = duplicate_backbone(version.backbone)
+        backbone = duplicate_backbone(version.chosen[0])
         features = extract(runtime, digests, backbones=[backbone], views=1)
         for group in review.duplicate_groups(features[backbone][:, 0]):
             members = [ReviewImage(image_id=ids[kept[r]], file_name=name_of(kept[r]),
@@ -167,7 +152,7 @@ def version_review(session: Session, runtime: Runtime, *, account: Account, mode
                 similarity=round(group.similarity, 4), images=members))
         duplicates.sort(key=lambda g: g.kind != "across_categories")
 
-    return ReviewOut(model_id=model.id, version=version.number, backbone=version.backbone,
+    return ReviewOut(model_id=model.id, version=version.number, backbone=version.chosen[0],
                      n_images=len(kept), n_deleted=len(ids) - len(kept), n_fixed=len(fixed),
                      duplicate_threshold=review.DUPLICATE_COSINE,
                      suspected_mislabels=mislabels, duplicates=duplicates, hardest=hardest,

@@ -9,12 +9,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.tables import Account, Image, ImageLabel
-from app.errors import Conflict
 from app.schemas.images import ImageOut
 from app.schemas.suggestions import SuggestionList, SuggestionOut
 from app.services.features import extract
 from app.services.models import get_model
-from app.services.review import duplicate_backbone, get_version
+from app.services.review import duplicate_backbone
+from app.services.versions import load_head, serving_version
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -33,8 +33,7 @@ def suggest(session: Session, runtime: Runtime, *, account: Account, model_id: s
     from app.ml import suggest as ranking
 
     model = get_model(session, account=account, model_id=model_id)
-    version = get_version(session, model_id=model.id, number=None,
-                          active_version=model.active_version)
+    version = serving_version(session, model=model, number=None)
     rows = list(session.execute(
         select(Image, ImageLabel.category_id)
         .outerjoin(ImageLabel, ImageLabel.image_id == Image.id)
@@ -44,11 +43,7 @@ def suggest(session: Session, runtime: Runtime, *, account: Account, model_id: s
     if not pool:
         return SuggestionList(model_id=model.id, version=version.number, pool_size=0, items=[])
 
-    try:
-        head, meta = runtime.heads.get(runtime.settings.models_dir / version.artifact_path)
-    except ValueError as exc:  # a head kind this release no longer has, or a damaged file
-        raise Conflict(f"Version {version.number} cannot be loaded: {exc}. Train the model "
-                       "again to make a new version.", code="version_unusable") from exc
+    head, meta = load_head(runtime, version)
     backbone, copies = meta["backbone"], duplicate_backbone(meta["backbone"])
     pool_digests = [image.sha256 for image in pool]
     features = extract(runtime, pool_digests, backbones=sorted({backbone, copies}), views=1)

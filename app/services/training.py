@@ -5,20 +5,29 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.tables import Account, Job, JobStatus, Model, ModelState, ModelVersion
+from app.db.tables import Account, Job, JobStatus, Model, ModelState, ModelVersion, VersionStatus
 from app.errors import InvalidInput, NotFound
 from app.schemas.metrics import VersionMetrics, VersionParams
 from app.services import jobs as job_service
 from app.services.features import extract
 from app.services.models import get_model, training_set
 from app.services.review import out_of_fold_path, save_out_of_fold
+from app.services.versions import (
+    ACTIVATE_POLICIES,
+    changes_between,
+    decide_activation,
+    prune_versions,
+    version_summary,
+)
+from app.services.webhooks import emit
 
 if TYPE_CHECKING:
     from app.ml.select import FitResult
@@ -36,16 +45,24 @@ def check_trainable(model: Model, positions: list[int]) -> None:
                            code="not_enough_images")
 
 
-def request_training(session: Session, runtime: Runtime, *, account: Account,
-                     model_id: str) -> Job:
-    """Queue a training job (or return the one already queued or running); raises InvalidInput."""
+def request_training(session: Session, runtime: Runtime, *, account: Account, model_id: str,
+                     activate: str = "always") -> Job:
+    """Queue a training job (or return the one already queued or running); raises InvalidInput.
+
+    `activate`: "always" (the new version goes live), "if_better" (only if its cross-validated
+    accuracy is at least the active version's) or "never".
+    """
+    if activate not in ACTIVATE_POLICIES:
+        raise InvalidInput(f"activate must be one of {', '.join(ACTIVATE_POLICIES)}.",
+                           code="invalid_activate")
     model = get_model(session, account=account, model_id=model_id)
     existing = job_service.active_job(session, model_id=model.id, kind="train")
     if existing is not None:
         return existing
     check_trainable(model, [position for _, _, position in training_set(session,
                                                                           model_id=model.id)])
-    job = Job(account_id=account.id, model_id=model.id, kind="train")
+    job = Job(account_id=account.id, model_id=model.id, kind="train",
+              params={"activate": activate})
     session.add(job)
     model.state = ModelState.TRAINING
     session.commit()
@@ -55,12 +72,14 @@ def request_training(session: Session, runtime: Runtime, *, account: Account,
 
 
 def run_training_job(runtime: Runtime, job_id: str) -> None:
-    """Extract (cached) features, select and evaluate a model, save the version, activate it."""
+    """Make the run's version, extract (cached) features, select and evaluate a model, save
+    the version and activate it as the job's policy says; then tell the webhooks."""
     from app.ml.curve import summarize
     from app.ml.select import fit_candidate, fit_model
 
     started = time.perf_counter()
     settings = runtime.settings
+    backbones = settings.candidate_backbones
     with runtime.session_factory() as session:
         job = session.get(Job, job_id)
         model = session.get(Model, job.model_id) if job and job.model_id else None
@@ -69,13 +88,16 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
         rows = training_set(session, model_id=model.id)
         check_trainable(model, [position for _, _, position in rows])
         labels = [category.name for category in model.categories]
+        policy = (job.params or {}).get("activate", "always")
+        number = _start_version(session, job=job, model=model, labels=labels, rows=rows,
+                                settings={"backbones": list(backbones), "views": settings.views,
+                                          "seed": 0, "activate": policy})
 
     def progress(stage: str, fraction: float) -> None:
         with runtime.session_factory() as progress_session:
             job_service.set_progress(progress_session, job_id=job_id, stage=stage,
                                      progress=fraction)
 
-    backbones = settings.candidate_backbones
     if not backbones:
         raise InvalidInput("No backbone weights are installed; see README's install step.",
                            code="no_backbone")
@@ -104,47 +126,129 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
     train_seconds = time.perf_counter() - started
 
     progress("saving", 0.97)
-    _save_version(runtime, job_id=job_id, labels=labels, result=result, metrics=metrics,
-                  params=params, image_ids=[image_id for image_id, _, _ in rows],
-                  targets=[int(t) for t in targets], train_seconds=train_seconds)
+    outcome = _save_version(runtime, job_id=job_id, number=number, result=result,
+                            metrics=metrics, params=params,
+                            image_ids=[image_id for image_id, _, _ in rows],
+                            targets=[int(t) for t in targets], train_seconds=train_seconds)
+    _after_training(runtime, outcome)
 
 
-def _save_version(runtime: Runtime, *, job_id: str, labels: list[str], result: FitResult,
+def _start_version(session: Session, *, job: Job, model: Model, labels: list[str],
+                   rows: list[tuple[int, str, int]], settings: dict[str, Any]) -> int:
+    """Record the run as a `training` version (the one this job made before, on a retry);
+    return its number."""
+    hashes = [digest for _, digest, _ in rows]
+    targets = [position for _, _, position in rows]
+    version = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job.id))
+    number = version.number if version is not None else (session.scalar(
+        select(func.max(ModelVersion.number)).where(ModelVersion.model_id == model.id)) or 0) + 1
+    previous = session.scalar(
+        select(ModelVersion).where(ModelVersion.model_id == model.id,
+                                   ModelVersion.number < number)
+        .order_by(ModelVersion.number.desc()).limit(1))
+    fields: dict[str, Any] = {
+        "status": VersionStatus.TRAINING, "error": None, "labels": labels,
+        "image_ids": [image_id for image_id, _, _ in rows], "image_hashes": hashes,
+        "image_labels": targets, "params": {"settings": settings},
+        "changes": changes_between(previous, labels=labels, hashes=hashes, targets=targets)}
+    if version is None:
+        version = ModelVersion(model_id=model.id, number=number, job_id=job.id,
+                               artifact_path="", train_seconds=0.0, **fields)
+        session.add(version)
+    else:
+        for name, value in fields.items():
+            setattr(version, name, value)
+    job.result = {"version": version.number}
+    session.commit()
+    return version.number
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    account_id: str
+    model_id: str
+    version: int
+    activated: bool
+    active_version: int | None
+    summary: dict[str, Any]
+
+
+def _save_version(runtime: Runtime, *, job_id: str, number: int, result: FitResult,
                   metrics: VersionMetrics | None, params: VersionParams, image_ids: list[int],
-                  targets: list[int], train_seconds: float) -> None:
+                  targets: list[int], train_seconds: float) -> TrainingOutcome:
     from app.ml.artifacts import save_artifact
 
     candidate = result.candidate
     with runtime.session_factory() as session:
         job = session.get(Job, job_id)
         model = session.get(Model, job.model_id) if job else None
-        if job is None or model is None:
+        version = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id))
+        if job is None or model is None or version is None:
             raise NotFound("The model of this job was deleted.")
-        number = (session.scalar(select(func.max(ModelVersion.number))
-                                 .where(ModelVersion.model_id == model.id)) or 0) + 1
-        version = ModelVersion(
-            model_id=model.id, number=number, backbone=candidate.backbone,
-            head=candidate.head, labels=labels,
-            metrics=metrics.model_dump(mode="json") if metrics else None,
-            params=params.model_dump(mode="json"), image_ids=image_ids, artifact_path="",
-            train_seconds=round(train_seconds, 3))
-        session.add(version)
-        session.flush()
         relative = f"{model.id}/{version.id}.pt"
         save_artifact(runtime.settings.models_dir / relative, head=result.head, meta={
-            "labels": labels, "backbone": candidate.backbone, "head": candidate.head,
+            "labels": version.labels, "backbone": candidate.backbone, "head": candidate.head,
             "version_id": version.id, "model_id": model.id, "unknown": result.unknown})
         if result.out_of_fold is not None:  # what GET /review derives from, with no refit
             save_out_of_fold(out_of_fold_path(runtime.settings.models_dir, relative),
                              image_ids=image_ids, labels=targets,
                              probabilities=result.out_of_fold)
+        version.backbone, version.head = candidate.backbone, candidate.head
+        version.metrics = metrics.model_dump(mode="json") if metrics else None
+        version.params = {**params.model_dump(mode="json"), **(version.params or {})}
         version.artifact_path = relative
-        model.active_version_id = version.id
-        model.state = ModelState.READY
+        version.train_seconds = round(train_seconds, 3)
+        version.status, version.finished_at = VersionStatus.READY, utcnow()
+        policy = (job.params or {}).get("activate", "always")
+        activated, reason = decide_activation(policy, new=version, active=model.active_version)
+        version.activation = {"policy": policy, "activated": activated, "reason": reason}
+        if activated:
+            model.active_version_id = version.id
+        model.state = ModelState.READY if activated or model.active_version_id \
+            else ModelState.CREATED
         job.status, job.stage, job.progress = JobStatus.SUCCEEDED, "done", 1.0
         job.finished_at = utcnow()
-        job.result = {"version_id": version.id, "version": number}
+        job.result = {"version_id": version.id, "version": number, "activated": activated}
         session.commit()
-    log.info("training.run.succeeded job=%s version=%s backbone=%s head=%s images=%d "
-             "seconds=%.1f", job_id, version.id, candidate.backbone, candidate.head,
-             len(image_ids), train_seconds)
+        active = model.active_version.number if model.active_version else None
+        outcome = TrainingOutcome(
+            account_id=model.account_id, model_id=model.id, version=number,
+            activated=activated, active_version=active, summary=version_summary(version))
+    log.info("training.run.succeeded job=%s version=%d backbone=%s head=%s images=%d "
+             "seconds=%.1f activated=%s", job_id, number, candidate.backbone, candidate.head,
+             len(image_ids), train_seconds, activated)
+    return outcome
+
+
+def _after_training(runtime: Runtime, outcome: TrainingOutcome) -> None:
+    """After the commit: prune old versions, then tell the webhooks (never inside the commit,
+    never able to fail the training)."""
+    with runtime.session_factory() as session:
+        try:
+            prune_versions(session, runtime, model_id=outcome.model_id,
+                           keep=runtime.settings.keep_versions)
+        except Exception:  # a prune that fails leaves extra versions, not a failed training
+            log.exception("versions.prune.failed model=%s", outcome.model_id)
+            session.rollback()
+        data = {"model_id": outcome.model_id, "version": outcome.summary,
+                "activated": outcome.activated, "active_version": outcome.active_version}
+        emit(session, runtime, account_id=outcome.account_id, model_id=outcome.model_id,
+             event="training.succeeded", data=data)
+        if outcome.activated:
+            emit(session, runtime, account_id=outcome.account_id, model_id=outcome.model_id,
+                 event="version.activated",
+                 data={"model_id": outcome.model_id, "version": outcome.summary,
+                       "previous_version": None, "reason": "training"})
+
+
+def on_training_failed(runtime: Runtime, job_id: str) -> None:
+    """After a training job was marked failed (its version with it): tell the webhooks."""
+    with runtime.session_factory() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.model_id is None:
+            return
+        version = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id))
+        emit(session, runtime, account_id=job.account_id, model_id=job.model_id,
+             event="training.failed",
+             data={"model_id": job.model_id, "job_id": job_id, "error": job.error,
+                   "version": version_summary(version) if version is not None else None})

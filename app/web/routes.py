@@ -25,10 +25,11 @@ from app.db.tables import ACTIVE_JOB_STATUSES, Account, Model
 from app.errors import Conflict, InvalidInput, NanoNetError, NotFound
 from app.runtime import Runtime
 from app.schemas.jobs import JobOut
-from app.schemas.models import ModelOut
+from app.schemas.models import ModelOut, VersionDetail
 from app.services import categories as category_service
 from app.services import images as image_service
 from app.services import models as model_service
+from app.services import versions as version_service
 from app.services.accounts import authenticate
 from app.services.images import add_images
 from app.services.jobs import active_job, get_job
@@ -105,9 +106,13 @@ def model_page(request: Request, session: Session, *, account: Account, model_id
     model = counted(session, row)
     job = job_to_show(session, account=account, model_id=row.id, job_id=job_id)
     version = row.active_version
+    versions = [VersionDetail.detail(v, active_id=row.active_version_id)
+                for v in version_service.versions_of(session, account=account,
+                                                     model_id=row.id)]
     return render(request, "model.html", {
         "signed_in": True, "model": model, "job": job, "pool_count": model.unlabelled,
         "details": version_summary(version) if version is not None else None,
+        "versions": versions,
         "job_is_active": job is not None and job.status in ACTIVE_JOB_STATUSES, **extra,
     }, status=status)
 
@@ -303,9 +308,11 @@ def upload_images(model_id: str, request: Request, session: SessionDep, runtime:
 
 @router.post(MODELS_PATH + "/{model_id}/train")
 def train_model(model_id: str, request: Request, session: SessionDep, runtime: RuntimeDep,
-                account: WebAccountDep) -> Response:
+                account: WebAccountDep,
+                activate: Annotated[str, Form()] = "always") -> Response:
     try:
-        job = request_training(session, runtime, account=account, model_id=model_id)
+        job = request_training(session, runtime, account=account, model_id=model_id,
+                               activate=activate)
     except NanoNetError as exc:
         return refused_page(request, session, exc, account=account, model_id=model_id,
                             train_error=exc.message)
@@ -327,6 +334,34 @@ def predict_images(model_id: str, request: Request, session: SessionDep, runtime
     return model_page(request, session, account=account, model_id=model_id,
                       prediction={"version": version, "results": results,
                                   "reject_unknown": reject_unknown})
+
+
+def version_action(request: Request, session: Session, *, account: Account, model_id: str,
+                   action: Callable[[], object]) -> Response:
+    """Run one version service call: back to the versions table, or the page with the
+    refusal."""
+    try:
+        action()
+    except NanoNetError as exc:
+        return refused_page(request, session, exc, account=account, model_id=model_id,
+                            versions_error=exc.message)
+    return see_other(f"{model_path(model_id)}#versions")
+
+
+@router.post(MODELS_PATH + "/{model_id}/versions/{number}/activate")
+def activate_version(model_id: str, number: int, request: Request, session: SessionDep,
+                     runtime: RuntimeDep, account: WebAccountDep) -> Response:
+    return version_action(request, session, account=account, model_id=model_id, action=partial(
+        version_service.activate_version, session, runtime, account=account,
+        model_id=model_id, number=number))
+
+
+@router.post(MODELS_PATH + "/{model_id}/versions/{number}/delete")
+def delete_version(model_id: str, number: int, request: Request, session: SessionDep,
+                   runtime: RuntimeDep, account: WebAccountDep) -> Response:
+    return version_action(request, session, account=account, model_id=model_id, action=partial(
+        version_service.delete_version, session, runtime, account=account,
+        model_id=model_id, number=number))
 
 
 @router.post(MODELS_PATH + "/{model_id}/delete")

@@ -72,8 +72,9 @@ class VersionSummary:
 def version_summary(version: ModelVersion) -> VersionSummary:
     """The version's stored metrics and params, validated, with the selection in words."""
     params = VersionParams.of(version)
+    backbone, head = version.chosen
     return VersionSummary(
         metrics=VersionMetrics.of(version), params=params,
-        chosen=chosen_model_sentence(version.backbone, version.head, params.candidates),
-        candidate_rows=candidate_rows(params.candidates, backbone=version.backbone,
-                                      head=version.head, l2=params.l2))
+        chosen=chosen_model_sentence(backbone, head, params.candidates),
+        candidate_rows=candidate_rows(params.candidates, backbone=backbone, head=head,
+                                      l2=params.l2))

@@ -348,6 +348,40 @@ def label_from_pool(page: Page, model_id: str, artifacts: Artifacts) -> None:
     artifacts.shot(page, "pool-labelled")
 
 
+def versions_and_rollback(page: Page, model_id: str, artifacts: Artifacts) -> None:
+    """Train again without going live, see the kept-aside version, activate it, then roll back
+    to version 1 and delete version 2, all from the versions table."""
+    page.goto(f"/web/models/{model_id}")
+    training = page.locator("#training")
+    training.get_by_label("New version goes live").select_option("never")
+    training.get_by_role("button", name="Train again").click()
+    expect(page).to_have_url(re.compile(rf"/web/models/{model_id}\?job=\w+#training$"))
+    went_live = training.locator("[data-went-live]")
+    expect(went_live, artifacts.note("the finished training should say the new version was "
+                                     "kept aside")).to_contain_text(
+        "version 2 was kept aside", timeout=TRAINING_TIMEOUT_MS)
+    expect(went_live).to_contain_text("version 1 still answers")
+    table = page.locator("#versions")
+    second, first = table.locator("tr[data-version='2']"), table.locator("tr[data-version='1']")
+    expect(first).to_contain_text("live")
+    expect(second).to_contain_text("ready")
+    artifacts.shot(page, "versions-kept-aside")
+
+    second.get_by_role("button", name="Activate v2").click()
+    expect(page).to_have_url(re.compile(rf"/web/models/{model_id}#versions$"))
+    expect(table.locator("tr.is-active"), artifacts.note("activating v2 should make it the "
+                                                         "live one")).to_have_attribute(
+        "data-version", "2")
+    expect(page.locator(".page-head + p.muted")).to_contain_text("Version 2 ·")
+    artifacts.shot(page, "versions-activated")
+    table.locator("tr[data-version='1']").get_by_role("button", name="Activate v1").click()
+    expect(table.locator("tr.is-active")).to_have_attribute("data-version", "1")
+    table.locator("tr[data-version='2']").get_by_role("button", name="Delete v2").click()
+    expect(table.locator("tr[data-version='2']"), artifacts.note(
+        "a deleted version should leave the table")).to_have_count(0)
+    artifacts.shot(page, "versions-rolled-back")
+
+
 def sign_out(page: Page, server: Server, artifacts: Artifacts) -> None:
     page.get_by_role("button", name="Sign out").click()
     expect(page, artifacts.note("signing out should land on the sign-in page")).to_have_url(
@@ -360,7 +394,7 @@ def sign_out(page: Page, server: Server, artifacts: Artifacts) -> None:
         artifacts.note(f"still signed in after signing out: {models.status}"))
 
 
-def test_sign_in_upload_train_classify_fix_data_sign_out(page: Page, server: Server,
+def test_sign_in_upload_train_classify_fix_data_versions_sign_out(page: Page, server: Server,
                                                         artifacts: Artifacts) -> None:
     report(f"screenshots in {artifacts.folder}")
     sign_in(page, server, artifacts)
@@ -371,4 +405,5 @@ def test_sign_in_upload_train_classify_fix_data_sign_out(page: Page, server: Ser
     review_and_fix(page, model_id, artifacts)
     delete_from_gallery(page, model_id, artifacts)
     label_from_pool(page, model_id, artifacts)
+    versions_and_rollback(page, model_id, artifacts)
     sign_out(page, server, artifacts)

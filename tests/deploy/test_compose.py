@@ -8,11 +8,12 @@ import pytest
 import yaml
 
 from app.cli import main as cli_main
+from app.config import Settings
 from tests.conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
-NANONET_SERVICES = ("migrate", "api", "worker-cpu", "worker-gpu")
+NANONET_SERVICES = ("migrate", "api", "worker-cpu", "worker-webhooks", "worker-gpu")
 
 
 def test_full_stack_services_and_shared_storage() -> None:
@@ -44,11 +45,19 @@ def test_workers_use_the_celery_app_and_queues() -> None:
     import worker.celery_app as celery_module
     import worker.tasks  # noqa: F401  (registers the tasks, as the worker's include= does)
 
-    for name, queues in (("worker-cpu", "cpu"), ("worker-gpu", "gpu,cpu")):
+    for name, queues in (("worker-cpu", "cpu"), ("worker-gpu", "gpu,cpu"),
+                         ("worker-webhooks", "webhooks")):
         command = COMPOSE["services"][name]["command"]
         assert command[:3] == ["celery", "-A", "worker.celery_app"]
         assert command[command.index("-Q") + 1] == queues
     assert "nanonet.run_job" in celery_module.celery_app.tasks
+    # Deliveries go to a queue no training worker takes, and one worker takes it.
+    webhook_queue = Settings().webhook_queue
+    takers = [name for name, service in COMPOSE["services"].items()
+              if "-Q" in service.get("command", [])
+              and webhook_queue in service["command"][service["command"].index("-Q") + 1]
+              .split(",")]
+    assert takers == ["worker-webhooks"]
     assert celery_module.celery_app.conf.task_acks_late is True
 
 

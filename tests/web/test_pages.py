@@ -280,6 +280,29 @@ def test_train_see_metrics_predict_and_delete(signed_in: TestClient) -> None:
     block = re.search(r'<ul class="predictions">(.*?)</ul>', strict.text, re.DOTALL)
     assert block is not None and block.group(1).count('<td class="bar-cell">') == 2
 
+    # Versions: train again without going live, then activate it and delete the first.
+    assert 'id="versions"' in text and 'data-version="1" class="is-active"' in text
+    again = signed_in.post(f"/web/models/{model_id}/train", data={"activate": "never"},
+                           follow_redirects=False)
+    second_job = again.headers["location"].split("job=")[1].split("#")[0]
+    assert wait_for_job(signed_in, second_job)["status"] == "succeeded"
+    kept = signed_in.get(f"/web/models/{model_id}?job={second_job}").text
+    assert "version 2 was kept aside (activate=never" in kept
+    assert "version 1 still answers" in kept
+    assert re.search(r'<tr data-version="2">.*?Activate v2</button>', kept, re.DOTALL)
+    assert "same images" in kept  # v2 was trained on exactly v1's images
+    activated = signed_in.post(f"/web/models/{model_id}/versions/2/activate",
+                               follow_redirects=False)
+    assert activated.status_code == 303
+    assert activated.headers["location"] == f"/web/models/{model_id}#versions"
+    live = signed_in.get(f"/web/models/{model_id}").text
+    assert 'data-version="2" class="is-active"' in live and "Version 2 ·" in live
+    refused = signed_in.post(f"/web/models/{model_id}/versions/2/delete")
+    assert refused.status_code == 409 and "activate another version first" in refused.text
+    assert signed_in.post(f"/web/models/{model_id}/versions/1/delete",
+                          follow_redirects=False).status_code == 303
+    assert 'data-version="1"' not in signed_in.get(f"/web/models/{model_id}").text
+
     listing = signed_in.get("/web/models")
     assert "Accuracy" in listing.text and "ready" in listing.text
 

@@ -170,6 +170,7 @@ class TrainingOutcome:
     version: int
     activated: bool
     active_version: int | None
+    previous_version: int | None  # the one active before
     summary: dict[str, Any]
 
 
@@ -200,6 +201,7 @@ def _save_version(runtime: Runtime, *, job_id: str, number: int, result: FitResu
         version.train_seconds = round(train_seconds, 3)
         version.status, version.finished_at = VersionStatus.READY, utcnow()
         policy = (job.params or {}).get("activate", "always")
+        previous = model.active_version.number if model.active_version else None
         activated, reason = decide_activation(policy, new=version, active=model.active_version)
         version.activation = {"policy": policy, "activated": activated, "reason": reason}
         if activated:
@@ -213,7 +215,8 @@ def _save_version(runtime: Runtime, *, job_id: str, number: int, result: FitResu
         active = model.active_version.number if model.active_version else None
         outcome = TrainingOutcome(
             account_id=model.account_id, model_id=model.id, version=number,
-            activated=activated, active_version=active, summary=version_summary(version))
+            activated=activated, active_version=active, previous_version=previous,
+            summary=version_summary(version))
     log.info("training.run.succeeded job=%s version=%d backbone=%s head=%s images=%d "
              "seconds=%.1f activated=%s", job_id, number, candidate.backbone, candidate.head,
              len(image_ids), train_seconds, activated)
@@ -238,7 +241,8 @@ def _after_training(runtime: Runtime, outcome: TrainingOutcome) -> None:
             emit(session, runtime, account_id=outcome.account_id, model_id=outcome.model_id,
                  event="version.activated",
                  data={"model_id": outcome.model_id, "version": outcome.summary,
-                       "previous_version": None, "reason": "training"})
+                       "previous_version": outcome.previous_version,
+                       "reason": "training"})
 
 
 def on_training_failed(runtime: Runtime, job_id: str) -> None:

@@ -41,7 +41,9 @@ def recorded() -> tuple[Stored, Stored]:
     metrics = {**result.metrics, "learning_curve": curve}
     params = {"l2": result.candidate.l2, "views": 2, "metrics_note": result.metrics_note,
               "candidates": result.scores,
-              "unknown_threshold": (result.unknown or {}).get("threshold")}
+              "unknown_threshold": (result.unknown or {}).get("threshold"),
+              "settings": {"backbones": ["mobilenet_v2"], "views": 2, "seed": 0,
+                           "activate": "always"}}
     return json.loads(json.dumps(metrics)), json.loads(json.dumps(params))
 
 

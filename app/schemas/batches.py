@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.db.tables import Job
 from app.schemas.images import FileError
-from app.schemas.predictions import LabelProbability
+from app.schemas.predictions import PredictResult
 
 MAX_BATCH_IMAGES = 10_000
 MAX_RESULTS_PER_PAGE = 1000
@@ -47,14 +47,10 @@ class BatchAccepted(BaseModel):
     rejected: list[BatchRejection]
 
 
-class BatchResult(BaseModel):
-    file: str
+class BatchResult(PredictResult):
+    """One input's answer, as /predict gives it, and the pool image it was."""
+
     image_id: int | None = Field(description="the pool image; null for an uploaded file")
-    status: str  # ok | rejected
-    label: str | None = None
-    probability: float | None = None
-    predictions: list[LabelProbability] | None = None
-    error: FileError | None = None
 
 
 class BatchOut(BaseModel):

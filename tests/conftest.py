@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
+from tests.http_receiver import Receiver
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -77,6 +78,13 @@ def wait_for_job(client: TestClient, job_id: str, key: str = API_KEY,
 
 def tree_photos(label: str) -> list[Path]:
     return sorted((TREES / "train" / label).glob("*.jpg"))
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """An HTTP server on loopback that records what it is sent (see tests.http_receiver)."""
+    with Receiver() as running:
+        yield running
 
 
 @pytest.fixture

@@ -12,12 +12,16 @@ _runtime = None
 
 
 def runtime():  # type: ignore[no-untyped-def]
-    """The worker process's Runtime, built after fork (one DB engine per process)."""
+    """The worker process's Runtime, built after fork (one DB engine per process). Its queue
+    sends to Celery, so a job can queue others (webhook deliveries, their retries)."""
     global _runtime
     if _runtime is None:
+        from app.jobs.celery_queue import CeleryQueue
         from app.runtime import build_runtime
 
-        _runtime = build_runtime(Settings())
+        settings = Settings()
+        _runtime = build_runtime(settings)
+        _runtime.queue = CeleryQueue(settings)
     return _runtime
 
 
@@ -30,4 +34,6 @@ def _reset_after_fork(**_: object) -> None:
 @worker_process_shutdown.connect
 def _close(**_: object) -> None:
     if _runtime is not None:
+        if _runtime.queue is not None:
+            _runtime.queue.stop()
         _runtime.engine.dispose()

@@ -6,6 +6,7 @@ started the way docker-compose starts it, as a separate process sharing the data
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ from sqlalchemy import select
 
 from app.db.tables import Job
 from app.main import create_app
+from tests.api.test_webhooks import verifies
 from tests.conftest import (
     ROOT,
     bearer,
@@ -31,6 +33,7 @@ from tests.conftest import (
     upload,
     wait_for_job,
 )
+from tests.http_receiver import Receiver
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +80,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 class Worker:
-    """`celery -A worker.celery_app worker`, as docker-compose runs it, in its own process."""
+    """`celery -A worker.celery_app worker`, as docker-compose runs it, in its own process; one
+    worker takes the `cpu` and `webhooks` queues that compose gives to two services."""
 
     def __init__(self, data_dir: Path, redis_url: str, log: Path) -> None:
         self.log = log
@@ -90,12 +94,13 @@ class Worker:
             "NANONET_AUGMENT_VIEWS": "0",
             "NANONET_JOB_MAX_ATTEMPTS": "3",
             "NANONET_MIGRATE_ON_START": "false",
+            "NANONET_URL_ALLOW_PRIVATE": "true",  # the tests' webhook receiver is on loopback
         }
         self._log_file = log.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "cpu",
-             "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-             "--without-heartbeat"],
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+             "-Q", "cpu,webhooks", "--concurrency", "1", "--loglevel", "INFO",
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
             cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
         )
 
@@ -121,7 +126,8 @@ class Worker:
 def stack(tmp_path: Path, redis_url: str) -> Iterator[tuple[TestClient, Worker]]:
     """An API in this process (job_backend=celery) and one worker process, sharing data_dir."""
     data_dir = tmp_path / "data"
-    settings = make_settings(data_dir, job_backend="celery", redis_url=redis_url)
+    settings = make_settings(data_dir, job_backend="celery", redis_url=redis_url,
+                             url_allow_private=True)
     with TestClient(create_app(settings)) as client:  # migrates the shared SQLite DB
         worker = Worker(data_dir, redis_url, tmp_path / "worker.log")
         try:
@@ -138,8 +144,11 @@ def _trainable_model(client: TestClient, images_per_class: int) -> str:
     return model_id
 
 
-def test_worker_trains_and_the_api_serves_the_model(stack: tuple[TestClient, Worker]) -> None:
+def test_worker_trains_and_the_api_serves_the_model(stack: tuple[TestClient, Worker],
+                                                    receiver: Receiver) -> None:
     client, worker = stack
+    webhook = client.post("/api/v1/webhooks", headers=bearer(),
+                          json={"url": receiver.url(), "events": ["training.succeeded"]}).json()
     model_id = _trainable_model(client, 4)
     job_id = client.post(f"/api/v1/models/{model_id}/train", headers=bearer()).json()["job_id"]
     job = wait_for_job(client, job_id, timeout=300)
@@ -153,6 +162,11 @@ def test_worker_trains_and_the_api_serves_the_model(stack: tuple[TestClient, Wor
                            files=[("files", (photo.name, photo.read_bytes(), "image/jpeg"))])
     assert response.status_code == 200, response.text
     assert response.json()["results"][0]["label"] in ("hemlock", "japanese_cherry")
+
+    # The worker queued the delivery from its own process; a worker on `webhooks` sent it.
+    [request] = receiver.wait_for(1, timeout=60)
+    assert json.loads(request.body)["data"]["version"]["number"] == 1
+    assert verifies(webhook["secret"], request)
 
 
 def test_job_of_a_killed_worker_is_retried(stack: tuple[TestClient, Worker]) -> None:

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
         default=False,
         description="let webhooks (and URL uploads) reach loopback, private, link-local and "
                     "cloud-metadata addresses; for tests and closed networks only")
+    webhook_workers: int = Field(
+        default=8, ge=1, le=64,
+        description="deliveries in flight at once in the embedded runner: each waits on a "
+                    "receiver (up to the timeout), so a few that hang must not hold up the rest")
     webhook_timeout: float = Field(default=10.0, gt=0, le=60,
                                    description="seconds one delivery attempt may take in all")
     webhook_retry_delays: list[float] = Field(

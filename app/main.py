@@ -39,7 +39,7 @@ def make_queue(runtime: Runtime, *, resume: bool = True) -> JobQueue:
     pending = partial(jobs_to_resume, runtime.session_factory,
                       max_attempts=runtime.settings.job_max_attempts) if resume else tuple
     return InProcessQueue(partial(run_job, runtime), workers=runtime.settings.job_workers,
-                          pending=pending)
+                          webhook_workers=runtime.settings.webhook_workers, pending=pending)
 
 
 def start_runtime(runtime: Runtime) -> None:

@@ -58,6 +58,10 @@ def test_workers_use_the_celery_app_and_queues() -> None:
               and webhook_queue in service["command"][service["command"].index("-Q") + 1]
               .split(",")]
     assert takers == ["worker-webhooks"]
+    # It waits on receivers, not on the CPU: many deliveries in flight, on threads.
+    command = COMPOSE["services"]["worker-webhooks"]["command"]
+    assert command[command.index("--pool") + 1] == "threads"
+    assert int(command[command.index("--concurrency") + 1]) >= 8
     assert celery_module.celery_app.conf.task_acks_late is True
 
 

@@ -23,6 +23,7 @@ from app.jobs.inprocess import InProcessQueue
 from app.runtime import JobQueue, Runtime, build_runtime
 from app.services.accounts import ensure_first_account, ensure_key
 from app.services.jobs import jobs_to_resume
+from app.web import batches as web_batches
 from app.web.routes import mount_web
 
 log = logging.getLogger("nanonet")
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Transfer learning from a handful of labelled images.")
     app.include_router(api_router)
     app.include_router(health.router)
+    app.include_router(web_batches.router)  # before mount_web's catch-all /web/{rest:path}
     mount_web(app)
     _install_error_handlers(app)
     return app

@@ -24,8 +24,10 @@ from app.api.deps import (
 from app.db.tables import ACTIVE_JOB_STATUSES, Account, Model
 from app.errors import Conflict, InvalidInput, NanoNetError, NotFound
 from app.runtime import Runtime
+from app.schemas.batches import BatchOut
 from app.schemas.jobs import JobOut
 from app.schemas.models import ModelOut, VersionDetail
+from app.services import batches as batch_service
 from app.services import categories as category_service
 from app.services import images as image_service
 from app.services import models as model_service
@@ -37,12 +39,14 @@ from app.services.predictions import predict
 from app.services.review import keep_images, version_review
 from app.services.suggestions import suggest
 from app.services.training import request_training
+from app.web import webhooks
 from app.web.deps import SIGN_IN_PATH, WebAccountDep, WebRoute, signed_in_account
 from app.web.summary import version_summary
 from app.web.templating import STATIC_DIR, error_page, render
 
 MODELS_PATH = "/web/models"
 PER_PAGE = 24
+RECENT_BATCHES = 5
 VIEWS = ("images", "pool", "review")
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
@@ -52,7 +56,10 @@ ImageIdsForm = Annotated[list[int] | None, Form()]
 
 
 def mount_web(app: FastAPI) -> None:
-    """Add the web pages and their static files to `app`."""
+    """Add the web pages and their static files to `app`: the webhook pages first, before
+    this router's catch-all 404. (The batch pages build on this module: app.main includes
+    them before calling this.)"""
+    app.include_router(webhooks.router)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -109,8 +116,11 @@ def model_page(request: Request, session: Session, *, account: Account, model_id
     versions = [VersionDetail.detail(v, active_id=row.active_version_id)
                 for v in version_service.versions_of(session, account=account,
                                                      model_id=row.id)]
+    batches, _ = batch_service.list_batches(session, account=account, model_id=row.id, page=1,
+                                            per_page=RECENT_BATCHES)
     return render(request, "model.html", {
         "signed_in": True, "model": model, "job": job, "pool_count": model.unlabelled,
+        "batches": [BatchOut.build(batch) for batch in batches],
         "details": version_summary(version) if version is not None else None,
         "versions": versions,
         "job_is_active": job is not None and job.status in ACTIVE_JOB_STATUSES, **extra,

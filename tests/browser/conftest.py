@@ -27,6 +27,7 @@ SERVER_ENV = {
     "NANONET_BACKBONES": "efficientnet_lite2",
     "NANONET_AUGMENT_VIEWS": "0",
     "NANONET_TORCH_THREADS": "1",  # leave a core to the browser while the server trains
+    "NANONET_URL_ALLOW_PRIVATE": "true",  # the walk's webhook receiver is on loopback
 }
 CHROMIUM_CANDIDATES = ("chromium", "/usr/bin/chromium", "/usr/lib/chromium/chromium")
 

@@ -9,7 +9,10 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from bench.server import Server
+from tests.browser.batch_steps import batch_predict
 from tests.browser.conftest import DATASETS, Artifacts, report
+from tests.browser.webhook_steps import follow_deliveries, register_webhook
+from tests.http_receiver import Receiver
 
 pytestmark = pytest.mark.slow
 
@@ -394,10 +397,12 @@ def sign_out(page: Page, server: Server, artifacts: Artifacts) -> None:
         artifacts.note(f"still signed in after signing out: {models.status}"))
 
 
-def test_sign_in_upload_train_classify_fix_data_versions_sign_out(page: Page, server: Server,
-                                                        artifacts: Artifacts) -> None:
+def test_sign_in_webhook_upload_train_classify_fix_data_versions_batch_deliveries_sign_out(
+        page: Page, server: Server, artifacts: Artifacts, receiver: Receiver) -> None:
     report(f"screenshots in {artifacts.folder}")
     sign_in(page, server, artifacts)
+    secret = register_webhook(page, receiver, artifacts)
+    page.get_by_role("link", name="Models").click()
     model_id = create_model(page, artifacts)
     add_photos(page, artifacts)
     train(page, model_id, artifacts)
@@ -406,4 +411,6 @@ def test_sign_in_upload_train_classify_fix_data_versions_sign_out(page: Page, se
     delete_from_gallery(page, model_id, artifacts)
     label_from_pool(page, model_id, artifacts)
     versions_and_rollback(page, model_id, artifacts)
+    batch_predict(page, model_id, artifacts)
+    follow_deliveries(page, receiver, secret, artifacts)
     sign_out(page, server, artifacts)

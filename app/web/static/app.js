@@ -217,5 +217,52 @@
     });
     var job = document.getElementById("job");
     if (job && job.dataset.active === "true" && window.fetch) pollJob(job);
+    // A new webhook's page answers the POST that made it (with the secret, once): give it its
+    // own address, so a reload neither registers it again nor shows the secret again.
+    var made = document.querySelector("[data-replace-url]");
+    if (made && window.history.replaceState) {
+      window.history.replaceState(null, "", made.dataset.replaceUrl);
+    }
+    // A page with something still pending (a webhook delivery) reloads until it settles.
+    var pending = document.querySelector("[data-reload-after]");
+    if (pending) {
+      window.setTimeout(function () { window.location.reload(); },
+                        Number(pending.dataset.reloadAfter));
+    }
   });
 })();
+
+// batch page: files dropped on the "Classify many" zone become the form's chosen files; the
+// form then posts them like any other (Classify these files), so nothing here is needed for it.
+(function () {
+  "use strict";
+
+  function enhanceBatchDrop(zone) {
+    var input = zone.querySelector("input[type=file]");
+    var depth = 0;
+    zone.addEventListener("dragenter", function (event) {
+      event.preventDefault();
+      depth += 1;
+      zone.classList.add("is-dragover");
+    });
+    zone.addEventListener("dragover", function (event) {
+      event.preventDefault();
+      event.dataTransfer.dropEffect = "copy";
+    });
+    zone.addEventListener("dragleave", function () {
+      depth = Math.max(0, depth - 1);
+      if (!depth) zone.classList.remove("is-dragover");
+    });
+    zone.addEventListener("drop", function (event) {
+      event.preventDefault();
+      depth = 0;
+      zone.classList.remove("is-dragover");
+      if (event.dataTransfer.files.length) input.files = event.dataTransfer.files;
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    Array.prototype.forEach.call(document.querySelectorAll("[data-batch-drop]"), enhanceBatchDrop);
+  });
+})();
+// end batch page

@@ -109,6 +109,13 @@ def request_batch(session: Session, runtime: Runtime, *, account: Account, model
     return job, rejected
 
 
+def refused_inputs(job: Job) -> list[dict[str, Any]]:
+    """The files refused when the batch was sent, with their errors: known before the batch
+    has results (they are kept in its params with the inputs)."""
+    inputs: list[dict[str, Any]] = (job.params or {}).get("inputs", [])
+    return [{"file": item["file"], "error": item["error"]} for item in inputs if "error" in item]
+
+
 def _check_usable(runtime: Runtime, version: ModelVersion, *, reject_unknown: bool) -> None:
     """Raise now, not in the job, the Conflicts label_images would raise for this version."""
     _, meta = load_head(runtime, version)

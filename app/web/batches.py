@@ -3,12 +3,12 @@ results a page at a time and download them as the same CSV the REST API serves."
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request, Response
 
 from app.api.deps import RuntimeDep, SessionDep, check_request_size, read_uploads
-from app.db.tables import ACTIVE_JOB_STATUSES, Job, JobStatus
+from app.db.tables import ACTIVE_JOB_STATUSES, JobStatus
 from app.errors import NanoNetError
 from app.schemas.batches import BatchOut
 from app.services import batches as batch_service
@@ -32,13 +32,6 @@ router = APIRouter(route_class=WebRoute, include_in_schema=False)
 
 def batch_path(model_id: str, batch_id: str) -> str:
     return f"{model_path(model_id)}/batches/{batch_id}"
-
-
-def refused_at_request(job: Job) -> list[dict[str, Any]]:
-    """The files refused when the batch was sent, with their errors: until the batch has
-    succeeded its results do not exist yet, but these are already known (kept in its params)."""
-    inputs: list[dict[str, Any]] = (job.params or {}).get("inputs", [])
-    return [{"file": item["file"], "error": item["error"]} for item in inputs if "error" in item]
 
 
 @router.post(MODELS_PATH + "/{model_id}/batches", dependencies=[Depends(check_request_size)])
@@ -72,7 +65,7 @@ def show_batch(model_id: str, batch_id: str, request: Request, session: SessionD
         "signed_in": True, "model": model, "batch": batch, "results": results, "page": page,
         "first": (page - 1) * RESULTS_PER_PAGE,
         "pages": max(1, -(-batch.count // RESULTS_PER_PAGE)),
-        "refused": refused_at_request(job) if job.status != JobStatus.SUCCEEDED else [],
+        "refused": batch_service.refused_inputs(job) if job.status != JobStatus.SUCCEEDED else [],
         "active": job.status in ACTIVE_JOB_STATUSES,
         "url": batch_path(model.id, job.id),
     })

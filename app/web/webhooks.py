@@ -61,6 +61,17 @@ def detail_page(request: Request, session: Session, *, account: Account, webhook
     }, status=status)
 
 
+def refused(request: Request, session: Session, exc: NanoNetError, *, account: Account,
+            webhook_id: str) -> Response:
+    """The webhook's page again with the service's refusal and its status; NotFound stays a
+    404 page."""
+    if isinstance(exc, NotFound):
+        raise exc
+    session.rollback()
+    return detail_page(request, session, account=account, webhook_id=webhook_id,
+                       status=exc.status, error=exc.message)
+
+
 @router.get(WEBHOOKS_PATH)
 def show_webhooks(request: Request, session: SessionDep, account: WebAccountDep) -> Response:
     return list_page(request, session, account=account)
@@ -107,11 +118,7 @@ def update_webhook(webhook_id: str, request: Request, session: SessionDep, runti
                                        url=url, events=events or [], enabled=bool(enabled),
                                        description=description)
     except NanoNetError as exc:
-        if isinstance(exc, NotFound):
-            raise
-        session.rollback()
-        return detail_page(request, session, account=account, webhook_id=webhook_id,
-                           status=exc.status, error=exc.message)
+        return refused(request, session, exc, account=account, webhook_id=webhook_id)
     return RedirectResponse(webhook_path(webhook_id) + "?saved=1", status_code=303)
 
 
@@ -122,11 +129,7 @@ def send_test(webhook_id: str, request: Request, session: SessionDep, runtime: R
         delivery, _job = webhook_service.send_test(session, runtime, account=account,
                                                    webhook_id=webhook_id)
     except NanoNetError as exc:
-        if isinstance(exc, NotFound):
-            raise
-        session.rollback()
-        return detail_page(request, session, account=account, webhook_id=webhook_id,
-                           status=exc.status, error=exc.message)
+        return refused(request, session, exc, account=account, webhook_id=webhook_id)
     return RedirectResponse(f"{webhook_path(webhook_id)}?sent={delivery.id}#deliveries",
                             status_code=303)
 

@@ -417,3 +417,20 @@ def test_emit_never_raises(api: TestClient, receiver: Receiver) -> None:
         assert emit(session, runtime, account_id=account_id, model_id=None,
                     event="training.failed", data={}) == []
     assert receiver.requests == []
+
+
+def test_hanging_receivers_do_not_hold_up_another_endpoints_delivery(tmp_path: Path) -> None:
+    """Each attempt waits up to the timeout on its receiver: a few that hang must leave delivery
+    threads for everyone else (NANONET_WEBHOOK_WORKERS)."""
+    with (Receiver(default="hang") as hanging, Receiver() as answering,
+          running_api(tmp_path / "data", webhook_timeout=60, webhook_retry_delays=[]) as api):
+        stuck = [register(api, hanging.url(f"/stuck-{n}")) for n in range(3)]
+        for webhook in stuck:
+            send_test(api, webhook["id"])
+        hanging.wait_for(3)  # three delivery threads now wait on it
+        healthy = register(api, answering.url())
+        queued = send_test(api, healthy["id"])
+        delivery = wait_for_delivery(api, healthy["id"], queued["delivery_id"], timeout=15)
+        assert delivery["status"] == "succeeded"
+        assert all(d["status"] == "pending" for w in stuck for d in deliveries(api, w["id"]))
+        hanging.released.set()

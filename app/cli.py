@@ -1,4 +1,5 @@
-"""The `nanonet` command: serve, keys create, migrate, import, export-images, retrain."""
+"""The `nanonet` command: serve, keys create|list|revoke|rotate, migrate, import,
+export-images, retrain."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from typing import TYPE_CHECKING
 from app.client import DEFAULT_URL, ApiError, Client, Report, export_images, import_folder
 
 if TYPE_CHECKING:
+    from app.config import Settings
+    from app.runtime import Runtime
+    from app.services.accounts import KeyListing
     from app.services.retrain import Retraining
 
 
@@ -30,6 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_commands.add_parser("create", help="create an account and print its new key")
     create.add_argument("name")
+    listing = keys_commands.add_parser("list", help="every key: account, prefix, state")
+    listing.add_argument("--account", metavar="NAME", help="only this account's keys")
+    revoke = keys_commands.add_parser(
+        "revoke", help="revoke a key at once, ending its web sessions")
+    revoke.add_argument("key_id", metavar="KEY_ID", help="the key's id, from `keys list`")
+    rotate = keys_commands.add_parser(
+        "rotate", help="give the key's account a new key and revoke the old one")
+    rotate.add_argument("key_id", metavar="KEY_ID", help="the key's id, from `keys list`")
 
     commands.add_parser("migrate", help="apply database migrations")
 
@@ -67,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "keys":
-        return _create_key(args.name)
+        return _keys(args)
     if args.command == "retrain":
         return _retrain(args.account, args.activate)
     return _migrate()
@@ -155,32 +167,93 @@ def _print_report(report: Report, verb: str) -> None:
             print(f"  {path}: {reason}", file=sys.stderr)
 
 
+def _settings() -> Settings | None:
+    """The settings, or None after saying on stderr which one is wrong (a short key, say)."""
+    from pydantic import ValidationError
+
+    from app.config import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            print(f"nanonet: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return None
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
 
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level)
+    settings = _settings()
+    if settings is None:
+        return 2
+    # Without NANONET_FORWARDED_ALLOW_IPS no proxy is believed (uvicorn would trust 127.0.0.1).
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
+                proxy_headers=settings.forwarded_allow_ips is not None,
+                forwarded_allow_ips=settings.forwarded_allow_ips)
     return 0
 
 
-def _create_key(name: str) -> int:
-    from app.config import Settings
+def _keys(args: argparse.Namespace) -> int:
+    """Exit 0 when done, 2 when the settings or the key id are wrong."""
     from app.db.engine import upgrade_database
+    from app.errors import NanoNetError
     from app.runtime import build_runtime
-    from app.services.accounts import create_account
 
-    settings = Settings()
+    settings = _settings()
+    if settings is None:
+        return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.resolved_database_url)
     runtime = build_runtime(settings)
     try:
-        with runtime.session_factory() as session:
-            account, key = create_account(session, name=name)
+        return _key_command(runtime, args)
+    except NanoNetError as exc:
+        print(f"nanonet keys: {exc.message}", file=sys.stderr)
+        return 2
     finally:
         runtime.engine.dispose()
-    print(f"Created account {account.name!r} ({account.id}). API key: {key}")
+
+
+def _key_command(runtime: Runtime, args: argparse.Namespace) -> int:
+    from app.services import accounts
+
+    with runtime.session_factory() as session:
+        if args.keys_command == "create":
+            account, key = accounts.create_account(session, name=args.name)
+            print(f"Created account {account.name!r} ({account.id}). API key: {key}")
+        elif args.keys_command == "list":
+            _print_keys(accounts.list_keys(session, account_name=args.account))
+        elif args.keys_command == "revoke":
+            api_key, account, ended = accounts.revoke_key(session, key_id=args.key_id)
+            print(f"Revoked key {api_key.id} ({api_key.prefix}...) of account "
+                  f"{account.name!r}; {ended} web sessions ended.")
+        else:
+            new, account, key = accounts.rotate_key(session, key_id=args.key_id)
+            print(f"Revoked key {args.key_id} of account {account.name!r}; its new key "
+                  f"{new.id}: {key}")
     return 0
+
+
+def _print_keys(listing: list[KeyListing]) -> None:
+    from app.db.tables import KeyHash
+
+    header = ("key id", "account", "name", "prefix", "created", "state", "sessions")
+    rows = [header]
+    for item in listing:
+        key = item.key
+        state = (f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at
+                 else "active" if key.hash_scheme == KeyHash.HMAC_SHA256
+                 else "active (sha256 until next use)")
+        account = item.account.name + (" (bootstrap)" if item.account.is_bootstrap else "")
+        rows.append((key.id, account, key.name, key.prefix + "...",
+                     f"{key.created_at:%Y-%m-%d %H:%M}", state, str(item.live_sessions)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              .rstrip())
 
 
 def _retrain(account_name: str | None, activate: str) -> int:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.ml.registry import parse_backbones
+from app.security import MIN_SECRET_CHARS
 
 MiB = 1024 * 1024
 
@@ -31,8 +32,38 @@ class Settings(BaseSettings):
         description="Seconds a Celery job may stay unacknowledged before Redis hands it to "
         "another worker as lost; keep it above the longest training",
     )
+    # jobs: leases, reconciler, timeouts, fairness
+    job_heartbeat_interval: float = Field(
+        default=10, gt=0, le=600,
+        description="seconds between renewals of a running job's lease by its worker")
+    job_lease_seconds: float = Field(
+        default=30, gt=0,
+        description="how long one renewal holds a running job: past it the worker counts as "
+                    "gone and the reconciler requeues the job (or fails it, out of attempts)")
+    job_reconcile_interval: float = Field(
+        default=10, gt=0, le=3600,
+        description="seconds between reconciler passes, in the embedded runner and in every "
+                    "Celery worker process")
+    job_resend_after: float = Field(
+        default=300, gt=0,
+        description="a queued job still unclaimed this many seconds after it was due is sent "
+                    "to the queue again (its message may never have left); duplicates are "
+                    "harmless")
+    training_timeout: float = Field(
+        default=3 * 3600, gt=0,
+        description="seconds one training attempt may run before it is stopped and failed")
+    job_account_max_running: int = Field(
+        default=1, ge=1,
+        description="jobs (webhook deliveries aside) one account may run at once while "
+                    "another account's jobs wait; alone, an account may use every worker")
+    job_account_retry_delay: float = Field(
+        default=5, gt=0, le=600,
+        description="seconds before a job held back by its account's cap is tried again")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    torch_threads: int | None = Field(default=None, ge=1)
+    torch_threads: int | None = Field(
+        default=None, ge=1,
+        description="torch intra-op and inter-op threads, set once per process at startup; "
+                    "unset: torch's default (every core)")
 
     backbones: str = Field(
         default="auto",
@@ -52,6 +83,43 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     max_files_per_request: int = Field(default=500, ge=1)
     max_request_bytes: int = Field(default=1024 * MiB, ge=1)
+    # intake: body limits, pixel budget, sweep
+    max_json_bytes: int = Field(
+        default=1 * MiB, ge=1,
+        description="bytes of a request body that is not multipart (JSON, web forms); a "
+                    "multipart body may have max_request_bytes. Counted as the body arrives, "
+                    "chunked or not, and refused with 413 before it is read further")
+    max_request_pixels: int = Field(
+        default=1_000_000_000, ge=1,
+        description="decoded pixels one request may cost in all, summed from the image headers "
+                    "before decoding; files past it are refused (413 pixel_budget_exceeded)")
+    orphan_grace_seconds: float = Field(
+        default=3600, ge=0,
+        description="the startup sweep removes stored images no row refers to only once they "
+                    "are this old, so an upload still on its way to its commit keeps its files")
+
+    # limits: quotas, rates, inference slots
+    max_models_per_account: int = Field(
+        default=1000, ge=1, description="models one account may have (409 model_quota_exceeded)")
+    max_images_per_model: int = Field(
+        default=10_000, ge=1,
+        description="images (labelled and pool) one model may hold (409 image_quota_exceeded)")
+    predictions_per_minute: int = Field(
+        default=120, ge=1,
+        description="predict and batch-prediction requests per account per minute (429)")
+    uploads_per_minute: int = Field(
+        default=60, ge=1, description="image upload requests per account per minute (429)")
+    min_free_disk_bytes: int = Field(
+        default=1024 * MiB, ge=0,
+        description="free bytes the data dir must keep after an upload; below it the upload is "
+                    "refused (507 insufficient_storage)")
+    inference_slots: int = Field(
+        default=2, ge=1, le=64,
+        description="predict requests running the backbone at once in this process; the rest "
+                    "wait for a slot")
+    inference_wait_seconds: float = Field(
+        default=10, ge=0, le=300,
+        description="seconds a predict request waits for an inference slot before its 503 busy")
 
     bootstrap_api_key: SecretStr | None = None
     create_first_account: bool = Field(
@@ -84,6 +152,31 @@ class Settings(BaseSettings):
         description="apply Alembic migrations at startup (off when a migrate step runs)",
     )
 
+    # keys, sessions and the web
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="server secret (32+ characters) keying API key digests, web sessions and "
+                    "CSRF tokens; unset: generated into data_dir/secret_key on first use. "
+                    "Changing or losing it invalidates every API key")
+    session_max_age: int = Field(
+        default=12 * 3600, ge=60, description="seconds a web sign-in lasts")
+    forwarded_allow_ips: str | None = Field(
+        default=None,
+        description="comma list of proxy addresses (or `*`) whose X-Forwarded-Proto and "
+                    "X-Forwarded-For are believed; unset: none, the connection decides")
+    docs: bool = Field(default=True, description="serve the Swagger UI at /docs")
+
+    @field_validator("bootstrap_api_key", "secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_CHARS:
+            raise ValueError(
+                f"NANONET_{(info.field_name or '').upper()} is "
+                f"{len(value.get_secret_value())} characters; it must be at least "
+                f"{MIN_SECRET_CHARS} (e.g. `python -c 'import secrets; "
+                f"print(secrets.token_urlsafe(32))'`)")
+        return value
+
     @field_validator("backbones")
     @classmethod
     def _known_backbones(cls, value: str) -> str:
@@ -97,6 +190,14 @@ class Settings(BaseSettings):
                 "NANONET_CREATE_FIRST_ACCOUNT must be false in production: create accounts with "
                 "`nanonet keys create NAME` or NANONET_BOOTSTRAP_API_KEY"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlasts_heartbeats(self) -> Settings:
+        if self.job_lease_seconds < 2 * self.job_heartbeat_interval:
+            raise ValueError(
+                "NANONET_JOB_LEASE_SECONDS must be at least twice NANONET_JOB_HEARTBEAT_INTERVAL: "
+                "one late renewal must not make a live job look abandoned")
         return self
 
     @property

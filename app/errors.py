@@ -12,9 +12,10 @@ class NanoNetError(Exception):
     code = "bad_request"
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
-                 details: Any = None) -> None:
+                 details: Any = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = headers
         if code is not None:
             self.code = code
         if status is not None:
@@ -43,6 +44,12 @@ class Conflict(NanoNetError):
     code = "conflict"
 
 
+class QuotaExceeded(Conflict):
+    """A count limit of the account or model (a setting) would be passed."""
+
+    code = "quota_exceeded"
+
+
 class InvalidInput(NanoNetError):
     status = 422
     code = "invalid_input"
@@ -56,3 +63,28 @@ class PayloadTooLarge(NanoNetError):
 class Unavailable(NanoNetError):
     status = 503
     code = "unavailable"
+
+
+class InsufficientStorage(NanoNetError):
+    status = 507
+    code = "insufficient_storage"
+
+
+class RateLimited(NanoNetError):
+    """Too many requests; `retry_after` seconds until the next one is allowed (Retry-After)."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)},
+                         details={"retry_after": retry_after})
+
+
+class Busy(Unavailable):
+    """Every slot of a bounded resource stayed taken; retry after `retry_after` seconds."""
+
+    code = "busy"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})

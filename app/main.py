@@ -5,24 +5,28 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from app.api.docs import mount_docs
+from app.api.intake_guard import IntakeGuard
+from app.api.rate_limits import build_rate_limiter
 from app.api.router import api_router
 from app.api.routes import health
+from app.api.security_headers import SecurityHeaders
 from app.config import Settings
 from app.db.engine import upgrade_database
 from app.errors import NanoNetError
 from app.jobs.celery_queue import CeleryQueue
-from app.jobs.handlers import run_job
-from app.jobs.inprocess import InProcessQueue
+from app.jobs.inprocess import embedded_queue
 from app.runtime import JobQueue, Runtime, build_runtime
-from app.services.accounts import ensure_first_account, ensure_key
-from app.services.jobs import jobs_to_resume
+from app.services.accounts import ensure_bootstrap_key, ensure_first_account
+from app.services.images import sweep_unused_blobs
+from app.storage import disk_full, full_disk_error
 from app.web import batches as web_batches
 from app.web.routes import mount_web
 
@@ -37,10 +41,7 @@ def make_queue(runtime: Runtime, *, resume: bool = True) -> JobQueue:
     """
     if runtime.settings.job_backend == "celery":
         return CeleryQueue(runtime.settings)
-    pending = partial(jobs_to_resume, runtime.session_factory,
-                      max_attempts=runtime.settings.job_max_attempts) if resume else tuple
-    return InProcessQueue(partial(run_job, runtime), workers=runtime.settings.job_workers,
-                          webhook_workers=runtime.settings.webhook_workers, pending=pending)
+    return embedded_queue(runtime, resume=resume)
 
 
 def start_runtime(runtime: Runtime) -> None:
@@ -48,15 +49,11 @@ def start_runtime(runtime: Runtime) -> None:
     settings = runtime.settings
     for directory in (settings.data_dir, settings.images_dir, settings.models_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
     if settings.migrate_on_start:
         upgrade_database(settings.resolved_database_url)
     with runtime.session_factory() as session:
         if settings.bootstrap_api_key is not None:
-            ensure_key(session, key=settings.bootstrap_api_key.get_secret_value())
+            ensure_bootstrap_key(session, key=settings.bootstrap_api_key.get_secret_value())
         if settings.create_first_account:
             created = ensure_first_account(session, data_dir=settings.data_dir)
             if created is not None:
@@ -64,6 +61,7 @@ def start_runtime(runtime: Runtime) -> None:
                 message = (f"NanoNet: created the first account. Its API key (also kept in "
                            f"{path}):\n  {key}")
                 print(message, flush=True)  # noqa: T201  (the operator's console, not a log)
+    sweep_unused_blobs(runtime)
     if runtime.queue is None:
         runtime.queue = make_queue(runtime)
     runtime.queue.start()
@@ -78,25 +76,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = build_runtime(settings)
         start_runtime(runtime)
         app.state.runtime = runtime
+        app.state.rate_limiter = build_rate_limiter(settings)
         try:
             yield
         finally:
+            app.state.rate_limiter.close()
             runtime.close()
 
     app = FastAPI(title="NanoNet", version="0.1.0", lifespan=lifespan,
-                  description="Transfer learning from a handful of labelled images.")
+                  description="Transfer learning from a handful of labelled images.",
+                  docs_url=None, redoc_url=None)  # /docs from our own files: mount_docs
     app.include_router(api_router)
     app.include_router(health.router)
     app.include_router(web_batches.router)  # before mount_web's catch-all /web/{rest:path}
     mount_web(app)
+    if settings.docs:
+        mount_docs(app)
     _install_error_handlers(app)
+    app.add_middleware(IntakeGuard)
+    app.add_middleware(SecurityHeaders)
+    if settings.forwarded_allow_ips:  # outermost: every layer sees the client's scheme
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     return app
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NanoNetError)
     async def domain_error(_request: Request, exc: NanoNetError) -> JSONResponse:
-        return JSONResponse(exc.to_body(), status_code=exc.status)
+        return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -116,6 +123,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        if disk_full(exc):  # e.g. the database's commit of rows whose files were written
+            log.warning("http.disk_full path=%s: %s", request.url.path, exc)
+            full = full_disk_error()
+            return JSONResponse(full.to_body(), status_code=full.status)
         log.exception("http.unhandled path=%s", request.url.path)
         return JSONResponse({"error": {"code": "internal_error",
                                        "message": "Something went wrong on our side; the "

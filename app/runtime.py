@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -13,6 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db.engine import make_engine, make_session_factory
+from app.errors import Busy
+from app.security import SECRET_FILE, SECRET_INFO, ServerSecret
 from app.storage import BlobStore
 
 if TYPE_CHECKING:
@@ -33,6 +38,30 @@ class JobQueue(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+class InferenceSlots:
+    """At most `slots` callers at once run the backbone for a request; the others wait up to
+    `wait` seconds. Each pass holds hundreds of MB and every core torch may use, so without a
+    bound a burst of predicts multiplies memory and makes every one of them (and /health) slow.
+    """
+
+    def __init__(self, slots: int, *, wait: float) -> None:
+        self.slots = slots
+        self.wait = wait
+        self._semaphore = threading.BoundedSemaphore(slots)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Run the body in a slot; raises Busy (503, Retry-After) if none frees up in time."""
+        if not self._semaphore.acquire(timeout=self.wait):
+            raise Busy(f"All {self.slots} inference slots stayed busy for {self.wait:g} s; "
+                       "retry shortly (NANONET_INFERENCE_SLOTS sets how many run at once).",
+                       retry_after=max(1, math.ceil(self.wait)))
+        try:
+            yield
+        finally:
+            self._semaphore.release()
 
 
 class HeadCache:
@@ -71,6 +100,8 @@ class Runtime:
     session_factory: sessionmaker[Session]
     blobs: BlobStore
     heads: HeadCache
+    secret: ServerSecret
+    inference: InferenceSlots
     queue: JobQueue | None = None
     _features: FeatureCache | None = field(default=None, repr=False)
 
@@ -93,12 +124,24 @@ class Runtime:
 
 
 def build_runtime(settings: Settings) -> Runtime:
-    """Return a Runtime for `settings`; connects lazily, starts nothing."""
+    """Return a Runtime for `settings`; connects lazily, starts nothing. Caps torch's threads
+    (NANONET_TORCH_THREADS) here, before any torch work, for the server and workers alike."""
+    if settings.torch_threads is not None:
+        from app.ml.threads import set_torch_threads
+
+        set_torch_threads(settings.torch_threads)
     engine = make_engine(settings.resolved_database_url)
+    configured = settings.secret_key
+    secret = ServerSecret(configured=configured.get_secret_value() if configured else None,
+                          path=settings.data_dir / SECRET_FILE)
+    session_factory = make_session_factory(engine)
+    session_factory.configure(info={SECRET_INFO: secret})  # for services given only a session
     return Runtime(
         settings=settings,
         engine=engine,
-        session_factory=make_session_factory(engine),
+        session_factory=session_factory,
         blobs=BlobStore(settings.images_dir),
         heads=HeadCache(settings.head_cache_size),
+        secret=secret,
+        inference=InferenceSlots(settings.inference_slots, wait=settings.inference_wait_seconds),
     )

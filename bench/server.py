@@ -3,6 +3,9 @@ data dir, own log.
 
     with embedded_server({"NANONET_BACKBONES": "mobilenet_v2"}) as server:
         httpx.get(f"{server.url}/health", headers={"Authorization": f"Bearer {server.key}"})
+
+Given `data_dir` (and the same `key`), it runs on that dir and leaves it in place, so a test can
+SIGKILL `server.pid` and start another on the same data.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,7 @@ class Server:
     key: str
     pid: int
     log_path: Path
+    data_dir: Path  # NANONET_DATA_DIR
 
 
 def free_port() -> int:
@@ -39,28 +43,31 @@ def free_port() -> int:
 
 @contextmanager
 def embedded_server(extra_env: Mapping[str, str] | None = None, *,
-                    log_path: Path | None = None) -> Iterator[Server]:
-    """Yield a started server; stop it (kill it if it hangs) and remove its data dir after.
+                    log_path: Path | None = None, data_dir: Path | None = None,
+                    key: str | None = None) -> Iterator[Server]:
+    """Yield a started server; stop it (kill it if it hangs) and remove its data dir after
+    (one given as `data_dir` is left as it is).
 
     The server's output goes to `log_path` (default: a file in its temporary data dir, gone
     afterwards), so the benchmark's own output stays readable; its tail is shown if the server
     does not start.
     """
-    port, key = free_port(), "bench-" + os.urandom(8).hex()
-    with tempfile.TemporaryDirectory(prefix="nanonet-bench-") as data_dir:
-        log_path = log_path or Path(data_dir) / "server.log"
-        env = {**os.environ, "NANONET_DATA_DIR": data_dir, "NANONET_BOOTSTRAP_API_KEY": key,
+    port, key = free_port(), key or "bench-" + os.urandom(16).hex()  # bootstrap keys: 32+
+    kept = nullcontext(str(data_dir)) if data_dir is not None else None
+    with kept or tempfile.TemporaryDirectory(prefix="nanonet-bench-") as directory:
+        log_path = log_path or Path(directory) / "server.log"
+        env = {**os.environ, "NANONET_DATA_DIR": directory, "NANONET_BOOTSTRAP_API_KEY": key,
                "NANONET_CREATE_FIRST_ACCOUNT": "false", **(extra_env or {})}
         with log_path.open("w") as log:
             process = subprocess.Popen(
                 [str(Path(sys.executable).parent / "nanonet"), "serve", "--host", "127.0.0.1",
                  "--port", str(port), "--log-level", "warning"],
                 # cwd is the data dir, so no stray .env of the developer's reaches the settings.
-                env=env, cwd=data_dir, stdout=log, stderr=subprocess.STDOUT)
+                env=env, cwd=directory, stdout=log, stderr=subprocess.STDOUT)
             url = f"http://127.0.0.1:{port}"
             try:
                 _wait_until_healthy(url, process, log_path)
-                yield Server(url, key, process.pid, log_path)
+                yield Server(url, key, process.pid, log_path, Path(directory))
             finally:
                 process.terminate()
                 try:

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,13 +13,14 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
+from bench.server import free_port
 from tests.http_receiver import Receiver
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
 BAD_INPUTS = DATASETS / "bad_inputs"
 TREES = DATASETS / "customvision_trees"
-API_KEY = "nn_test_key_alpha"
+API_KEY = "nn_test_key_alpha_0123456789abcdef"  # bootstrap keys: 32+ characters
 OTHER_KEY = "nn_test_key_bravo"
 
 
@@ -96,3 +101,40 @@ def trained_trees(client: TestClient) -> str:
     job = wait_for_job(client, job_id)
     assert job["status"] == "succeeded", job
     return model_id
+
+
+def wait_for_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on port {port} after {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis for the full stack's tests: NANONET_TEST_REDIS_URL, or a private redis-server
+    on a free loopback port for the session (CI must have one: .ci/run installs it)."""
+    if url := os.environ.get("NANONET_TEST_REDIS_URL"):
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide redis-server (apt-get install redis-server)")
+        pytest.skip("install redis-server or set NANONET_TEST_REDIS_URL to test Celery")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -11,6 +11,7 @@ from app.cli import main
 from app.main import create_app
 from app.services.accounts import create_account
 from tests.conftest import (
+    API_KEY,
     OTHER_KEY,
     bearer,
     create_model,
@@ -40,10 +41,10 @@ def test_retrain_all_prints_before_and_after_and_keeps_worse_versions_aside(
         runtime = client.app.state.runtime  # type: ignore[attr-defined]
         with runtime.session_factory() as session:
             create_account(session, name="bob", key=OTHER_KEY)
-        steady = _model(client, "steady", "nn_test_key_alpha", per_class=8)
+        steady = _model(client, "steady", API_KEY, per_class=8)
         spoiled = _model(client, "spoiled", OTHER_KEY, per_class=8)
         never_trained = create_model(client, name="empty", key=OTHER_KEY)
-        for model_id, key in ((steady, "nn_test_key_alpha"), (spoiled, OTHER_KEY)):
+        for model_id, key in ((steady, API_KEY), (spoiled, OTHER_KEY)):
             job = client.post(f"/api/v1/models/{model_id}/train", headers=bearer(key)).json()
             assert wait_for_job(client, job["job_id"], key=key)["status"] == "succeeded"
         # Swap half the labels of one model: its retraining must score worse and stay aside.

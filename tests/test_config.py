@@ -88,3 +88,13 @@ def test_reading_settings_does_not_import_torch():
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_a_lease_shorter_than_two_heartbeats_is_refused(monkeypatch):
+    # One late renewal must not make a live job look abandoned to the reconciler.
+    monkeypatch.setenv("NANONET_JOB_HEARTBEAT_INTERVAL", "10")
+    monkeypatch.setenv("NANONET_JOB_LEASE_SECONDS", "15")
+    with pytest.raises(ValidationError, match="at least twice NANONET_JOB_HEARTBEAT_INTERVAL"):
+        Settings()
+    monkeypatch.setenv("NANONET_JOB_LEASE_SECONDS", "20")
+    assert Settings().job_lease_seconds == 20

@@ -16,8 +16,6 @@ from app.runtime import Runtime
 from app.services.accounts import authenticate
 from app.services.images import Upload
 
-SESSION_COOKIE = "nanonet_key"
-
 
 def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
@@ -35,7 +33,9 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def api_key_from(request: Request) -> str | None:
-    """Return the key from `Authorization: Bearer KEY`, HTTP Basic `KEY:`, or the web cookie."""
+    """Return the key from `Authorization: Bearer KEY` or HTTP Basic `KEY:`. Never a cookie:
+    a browser sends cookies on its own, so a cookie here would let any page that can make the
+    browser send a request act as its user (the web form has its own routes, with CSRF tokens)."""
     header = request.headers.get("authorization", "")
     scheme, _, credentials = header.partition(" ")
     credentials = credentials.strip()
@@ -48,7 +48,7 @@ def api_key_from(request: Request) -> str | None:
             return None
         username, _, _password = decoded.partition(":")
         return username or None
-    return request.cookies.get(SESSION_COOKIE) or None
+    return None
 
 
 def get_account(request: Request, session: SessionDep) -> Account:
@@ -59,28 +59,20 @@ def get_account(request: Request, session: SessionDep) -> Account:
                            code="missing_api_key")
     account = authenticate(session, key=key)
     if account is None:
-        raise Unauthorized("This API key is not valid.", code="invalid_api_key")
+        raise Unauthorized("This API key is not valid (or was revoked).", code="invalid_api_key")
     return account
 
 
 AccountDep = Annotated[Account, Depends(get_account)]
 
 
-def check_request_size(request: Request, runtime: RuntimeDep) -> None:
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > runtime.settings.max_request_bytes:
-        raise PayloadTooLarge(
-            f"The request is {int(length)} bytes; the limit is "
-            f"{runtime.settings.max_request_bytes} bytes. Send fewer files per request.",
-            code="request_too_large")
-
-
 def read_uploads(files: list[UploadFile] | None, runtime: Runtime) -> list[Upload]:
-    """Read each part, keeping at most max_file_bytes + 1 bytes so size checks stay cheap."""
+    """Return each part as an Upload of the file the multipart parser spooled it to (on disk
+    past 1 MiB); nothing is read into memory here. The body's size was bounded as it arrived
+    (app.api.intake_guard)."""
     files = files or []
     if len(files) > runtime.settings.max_files_per_request:
         raise PayloadTooLarge(f"At most {runtime.settings.max_files_per_request} files per "
                               f"request; this one has {len(files)}.", code="too_many_files")
-    limit = runtime.settings.max_file_bytes + 1
-    return [Upload(filename=part.filename or f"file{index}", data=part.file.read(limit))
+    return [Upload(filename=part.filename or f"file{index}", file=part.file)
             for index, part in enumerate(files)]

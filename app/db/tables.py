@@ -6,7 +6,18 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db.base import Base, UTCDateTime, new_id, utcnow
@@ -22,7 +33,8 @@ class ModelState(StrEnum):
 
 
 class JobStatus(StrEnum):
-    """Only `queued` jobs are claimed and only `running` ones report progress."""
+    """Only `queued` jobs are claimed and only `running` ones report progress. A cancelled or
+    timed-out job is `failed`, its stage saying which (`cancelled`, `timed_out`)."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -52,7 +64,14 @@ class Account(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
+    # The one account NANONET_BOOTSTRAP_API_KEY keeps: a new value there rotates its key.
+    is_bootstrap: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class KeyHash(StrEnum):
+    HMAC_SHA256 = "hmac-sha256"  # keyed with the server secret
+    SHA256 = "sha256"  # before migration 0008; rehashed when the key is next used
 
 
 class ApiKey(Base):
@@ -63,9 +82,27 @@ class ApiKey(Base):
         ForeignKey("account.id", ondelete="CASCADE"), index=True
     )
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hash_scheme: Mapped[str] = mapped_column(String(20), default=KeyHash.HMAC_SHA256)
     prefix: Mapped[str] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class WebSession(Base):
+    """A sign-in to the web form. The cookie carries only the signed token; the row is keyed by
+    the token's digest, so the table alone opens no session."""
+
+    __tablename__ = "web_session"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("account.id", ondelete="CASCADE"), index=True)
+    api_key_id: Mapped[str] = mapped_column(
+        ForeignKey("api_key.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class Model(Base):
@@ -168,6 +205,15 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # When a worker could first take the job (sent, or sent with a delay): a `queued` job
+    # still unclaimed long after it is sent again (the message may never have left).
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=utcnow, nullable=True)
+    # Renewed by the running worker's heartbeat; a `running` job past it has lost its worker.
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Set at claim for kinds with a time limit (training): past it the run is stopped.
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Asked to stop: the handler does so at its next progress report.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class ModelVersion(Base):

@@ -22,7 +22,10 @@ def make_celery(settings: Settings) -> Celery:
 
     app = Celery("nanonet", broker=settings.redis_url, include=["worker.tasks"])
     app.conf.update(
-        task_acks_late=True,  # a job whose worker dies is redelivered, and handlers are idempotent
+        # A message stays unacknowledged until its task returns, so a pool process that dies
+        # hands it back; the copy is harmless (claims are atomic) and the job's recovery is
+        # the reconciler's, from the lease in its row.
+        task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # long jobs: never hoard work another worker could take
         task_default_queue="cpu",
@@ -37,8 +40,9 @@ class CeleryQueue:
     """Sends committed job ids to settings.job_queue, deliveries to settings.webhook_queue;
     GPU workers consume `gpu` and `cpu`, a small worker consumes `webhooks`.
 
-    A delayed delivery is a Celery countdown: it waits in Redis, within the visibility timeout
-    (6 h by default, above the longest retry delay)."""
+    A delayed send (a delivery's retry, a job held back by its account's cap) is a Celery
+    countdown, held by a worker until due; one lost with its worker is sent again by the
+    reconciler once overdue."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

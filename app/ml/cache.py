@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import re
+import struct
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,6 +21,39 @@ from app.storage import atomic_writer
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 Item = tuple[str, Callable[[], Image.Image]]  # (image content hash, loader of the RGB image)
+
+# A cached file is an .npy of one float32 vector followed by the CRC-32 of those bytes: a flipped
+# bit in the floats would still load, finite and well shaped, and quietly skew training.
+_CHECKSUM = struct.Struct("<I")
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _parse(data: bytes) -> np.ndarray | None:
+    """Return the vector a cached file holds, or None unless it is whole and unaltered.
+
+    Files written before checksums existed (exactly one .npy, no trailer) are accepted when the
+    array fills them exactly, so an upgrade does not recompute every feature.
+    """
+    try:
+        stream = io.BytesIO(data)
+        read_header = _HEADER_READERS.get(np.lib.format.read_magic(stream))
+        if read_header is None:
+            return None
+        shape, fortran, dtype = read_header(stream)
+        if dtype != np.dtype("<f4") or len(shape) != 1 or fortran:
+            return None
+        end = stream.tell() + shape[0] * dtype.itemsize
+        if len(data) == end + _CHECKSUM.size:
+            (expected,) = _CHECKSUM.unpack_from(data, end)
+            if zlib.crc32(data[:end]) != expected:
+                return None
+        elif len(data) != end:
+            return None
+        vector = np.frombuffer(data, dtype=dtype, count=shape[0], offset=stream.tell()).copy()
+    except Exception:  # noqa: BLE001 - any damage to the header (numpy raises many kinds)
+        return None
+    return vector if np.isfinite(vector).all() else None
 
 
 def _check_component(value: str, what: str) -> str:
@@ -45,24 +81,30 @@ class FeatureCache:
         return self.root / backbone / str(_check_view(view)) / image_hash[:2] / f"{image_hash}.npy"
 
     def get(self, image_hash: str, backbone: str, *, view: int = 0) -> np.ndarray | None:
-        """Return the cached 1-D float32 vector, or None if absent or unreadable."""
+        """Return the cached 1-D float32 vector, or None if absent; a damaged file (truncated,
+        garbled, failing its checksum) is deleted and reported absent, so it is recomputed."""
         path = self.path(image_hash, backbone, view=view)
         try:
-            vector = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            return None  # missing, truncated or not an .npy file: recompute rather than fail
-        if vector.ndim != 1 or vector.dtype != np.float32 or not np.isfinite(vector).all():
+            data = path.read_bytes()
+        except OSError:
             return None
+        vector = _parse(data)
+        if vector is None:
+            path.unlink(missing_ok=True)
         return vector
 
     def put(self, image_hash: str, backbone: str, vector: np.ndarray, *, view: int = 0) -> None:
-        """Store a 1-D vector atomically as float32; raise ValueError on a bad shape or key."""
+        """Store a 1-D vector atomically as float32 with a checksum; raise ValueError on a bad
+        shape or key."""
         vector = np.asarray(vector, dtype=np.float32)
         if vector.ndim != 1:
             raise ValueError(f"expected a 1-D feature vector, got shape {vector.shape}")
+        buffer = io.BytesIO()
+        np.save(buffer, vector, allow_pickle=False)
+        payload = buffer.getvalue()
         path = self.path(image_hash, backbone, view=view)
         with atomic_writer(path) as handle:
-            np.save(handle, vector, allow_pickle=False)
+            handle.write(payload + _CHECKSUM.pack(zlib.crc32(payload)))
 
     def discard(self, image_hash: str) -> int:
         """Delete every cached vector of an image (all backbones, all views); return how many."""

@@ -9,6 +9,7 @@ import functools
 import io
 import warnings
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -18,6 +19,7 @@ __all__ = [
     "BACKGROUND",
     "DecodedImage",
     "ImageRejected",
+    "PixelBudget",
     "center_crop_resize",
     "decode_image",
 ]
@@ -31,6 +33,9 @@ _FORMAT_HINT = "upload a JPEG, PNG, GIF, WebP, BMP or TIFF image"
 _SWAPS_SIDES = frozenset({5, 6, 7, 8})
 _PREMULTIPLIED = {"La": "LA", "RGBa": "RGBA"}
 _ALPHA_MODES = frozenset({"LA", "PA", "RGBA"})
+# High bit depth images are converted a tile at a time, so the float math never spans a whole
+# 40-megapixel image (float64 copies of it would be gigabytes).
+_TILE_SIDE = 512
 
 
 class ImageRejected(Exception):
@@ -46,6 +51,28 @@ class ImageRejected(Exception):
         return functools.partial(type(self), status=self.status), (self.code, self.message)
 
 
+class PixelBudget:
+    """The decoded pixels one request may still spend: decode_image charges each image's header
+    size before decoding it, so many small files cannot add up to unbounded work."""
+
+    def __init__(self, pixels: int) -> None:
+        self.total = pixels
+        self.left = pixels
+
+    def charge(self, width: int, height: int) -> None:
+        """Spend width x height pixels; raise ImageRejected (413) if they do not fit."""
+        pixels = width * height
+        if pixels > self.left:
+            raise ImageRejected(
+                "pixel_budget_exceeded",
+                f"The image is {width}x{height} = {pixels / 1e6:.1f} megapixels, and this "
+                f"request has only {self.left / 1e6:.1f} of its {self.total / 1e6:g} megapixels "
+                "left to decode; send it in another request.",
+                status=413,
+            )
+        self.left -= pixels
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     image: Image.Image  # mode "RGB", EXIF orientation applied, long side <= max_side
@@ -55,21 +82,29 @@ class DecodedImage:
 
 
 def decode_image(
-    data: bytes,
+    source: bytes | BinaryIO,
     *,
     max_bytes: int = 20 * _MIB,
     max_pixels: int = 40_000_000,
     max_side: int = 1024,
+    budget: PixelBudget | None = None,
 ) -> DecodedImage:
-    """Return the upright 8-bit RGB first frame, long side <= max_side; raise ImageRejected."""
-    if not data:
+    """Return the upright 8-bit RGB first frame, long side <= max_side; raise ImageRejected.
+
+    `source`: the bytes, or a seekable binary file (read from its start, never whole into
+    memory by this function). `budget` is charged the header's pixels before decoding.
+    """
+    data = io.BytesIO(source) if isinstance(source, bytes) else source
+    size = data.seek(0, io.SEEK_END)
+    data.seek(0)
+    if not size:
         raise ImageRejected(
             "empty_file", f"The file is empty (0 bytes); {_FORMAT_HINT}.", status=400
         )
-    if len(data) > max_bytes:
+    if size > max_bytes:
         raise ImageRejected(
             "file_too_large",
-            f"The file is {len(data) / _MIB:.1f} MB; the limit is {max_bytes / _MIB:g} MB.",
+            f"The file is {size / _MIB:.1f} MB; the limit is {max_bytes / _MIB:g} MB.",
             status=413,
         )
     # Pillow reports malformed input through UserWarnings, and warns about big images before our
@@ -83,6 +118,8 @@ def decode_image(
         width, height = img.size  # header size: draft() below may shrink img.size
         if width * height > max_pixels:
             raise _too_large(width, height, max_pixels)
+        if budget is not None:
+            budget.charge(width, height)
         try:
             swapped = _load_upright(img, max_side)
             rgb = _shrink(_to_rgb(img), max_side)
@@ -116,10 +153,10 @@ def center_crop_resize(
     return image.resize((size, size), resample=resample, box=box, reducing_gap=None)
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def _open(data: BinaryIO, max_pixels: int) -> Image.Image:
     """Return the lazily opened image (header only); raise ImageRejected."""
     try:
-        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        return Image.open(data, formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
         size = _header_size(data)
         if size is not None:
@@ -149,9 +186,10 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         ) from exc
 
 
-def _sniff_format(data: bytes) -> str | None:
+def _sniff_format(data: BinaryIO) -> str | None:
     """Return the format whose magic bytes `data` starts with, or None; never decodes anything."""
-    prefix = data[:16]  # what Image.open hands to the same accept() checks
+    data.seek(0)
+    prefix = data.read(16)  # what Image.open hands to the same accept() checks
     Image.init()
     for fmt in Image.ID:
         accept = Image.OPEN[fmt][1]
@@ -165,7 +203,7 @@ def _sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _header_size(data: bytes) -> tuple[int, int] | None:
+def _header_size(data: BinaryIO) -> tuple[int, int] | None:
     """Return the (width, height) an allowed format's header declares, or None; never decodes."""
     fmt = _sniff_format(data)
     if fmt not in ALLOWED_FORMATS:
@@ -173,7 +211,8 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     try:
         # The plugin class itself reads just the header, without Image.open's bomb check, so the
         # rejection can name the real dimensions.
-        with Image.OPEN[fmt][0](io.BytesIO(data), "upload") as img:
+        data.seek(0)
+        with Image.OPEN[fmt][0](data, "upload") as img:
             return img.size
     except Exception:  # noqa: BLE001 - the caller then rejects without naming dimensions
         return None
@@ -197,11 +236,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     """Return `img` as 8-bit RGB, alpha composited over BACKGROUND, high bit depths scaled down."""
     mode = img.mode
     if mode.startswith("I") or mode == "F":
-        pixels = np.asarray(img)
-        gray = Image.fromarray(_gray_to_uint8(pixels), mode="L")
         key = img.info.get("transparency")
-        if isinstance(key, int):  # 16-bit PNG colour key
-            alpha = Image.fromarray(np.where(pixels == key, 0, 255).astype(np.uint8), mode="L")
+        key = key if isinstance(key, int) else None  # 16-bit PNG colour key
+        gray, alpha = _gray_to_uint8(img, key)
+        if alpha is not None:
             return _composite(Image.merge("LA", (gray, alpha)))
         return gray.convert("RGB")
     if mode in _PREMULTIPLIED:
@@ -220,22 +258,56 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         ) from exc
 
 
-def _gray_to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Return 8-bit gray from 16/32-bit integer or float gray, keeping the tonal range visible."""
-    if pixels.dtype.kind == "u":  # I;16 variants: the top byte, as a 16-bit viewer shows it
+def _gray_to_uint8(img: Image.Image, key: int | None) -> tuple[Image.Image, Image.Image | None]:
+    """Return 8-bit gray (and the alpha of colour `key`, if given) from 16/32-bit integer or
+    float gray, keeping the tonal range visible; a tile at a time, never a whole float copy."""
+    width, height = img.size
+    boxes = [(left, top, min(width, left + _TILE_SIDE), min(height, top + _TILE_SIDE))
+             for top in range(0, height, _TILE_SIDE) for left in range(0, width, _TILE_SIDE)]
+    kind = np.asarray(img.crop((0, 0, 1, 1))).dtype.kind
+    lo, hi = 0.0, 0.0
+    if kind != "u":  # the range decides the scaling: one pass over the tiles first
+        extremes = [(float(t.min()), float(t.max())) for t in
+                    (_finite(np.asarray(img.crop(box))) for box in boxes) if t.size]
+        if extremes:
+            lo, hi = min(e[0] for e in extremes), max(e[1] for e in extremes)
+    gray = np.empty((height, width), dtype=np.uint8)
+    alpha = None if key is None else np.empty((height, width), dtype=np.uint8)
+    for left, top, right, bottom in boxes:
+        pixels = np.asarray(img.crop((left, top, right, bottom)))
+        gray[top:bottom, left:right] = _scaled(pixels, kind, lo, hi)
+        if alpha is not None:
+            alpha[top:bottom, left:right] = np.where(pixels == key, 0, 255)
+    return (Image.fromarray(gray, mode="L"),
+            None if alpha is None else Image.fromarray(alpha, mode="L"))
+
+
+def _finite(pixels: np.ndarray) -> np.ndarray:
+    """Return the pixels with NaN and infinities as 0 (floats only; integers as they are)."""
+    if pixels.dtype.kind != "f":
+        return pixels
+    return np.nan_to_num(pixels, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _scaled(pixels: np.ndarray, kind: str, lo: float, hi: float) -> np.ndarray:
+    """Return one tile as uint8, by the rule the whole image's range [lo, hi] picked."""
+    if kind == "u":  # I;16 variants: the top byte, as a 16-bit viewer shows it
         return (pixels >> 8).astype(np.uint8)
-    values = np.nan_to_num(pixels.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    if pixels.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
-        values = values * 255.0  # float images are conventionally 0..1
+    values = _finite(pixels).astype(np.float64)  # one float copy of the tile, then in place
+    if kind == "f" and lo >= 0.0 and hi <= 1.0:
+        values *= 255.0  # float images are conventionally 0..1
     elif lo >= 0.0 and hi <= 255.0:
         pass
     elif lo >= 0.0 and hi <= 65535.0:
         # Older Pillows open 16-bit PNGs as mode I; match what I;16 gives for the same file.
-        values = np.floor(values / 256.0)
+        values /= 256.0
+        np.floor(values, out=values)
     else:
-        values = (values - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        values -= lo
+        values *= 255.0 / (hi - lo)
+    np.rint(values, out=values)
+    np.clip(values, 0, 255, out=values)
+    return values.astype(np.uint8)
 
 
 def _composite(img: Image.Image) -> Image.Image:

@@ -6,6 +6,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.db.tables import Job
+from app.schemas.bounds import Int64
 from app.schemas.images import FileError
 from app.schemas.predictions import PredictResult
 
@@ -19,7 +20,7 @@ class BatchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image_ids: list[int] | None = Field(
+    image_ids: list[Int64] | None = Field(
         default=None, min_length=1,
         description=f"ids of images in this model's unlabelled pool, at most {MAX_BATCH_IMAGES}")
     pool: bool = Field(default=False, description="true: every image of the unlabelled pool")

@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 from app.db.tables import Image
+from app.schemas.bounds import Int64
 
 MAX_PER_PAGE = 200
 MAX_BULK_IMAGES = 1000
@@ -70,7 +71,7 @@ class ImageUpdate(BaseModel):
 
 class BulkRequest(BaseModel):
     action: Literal["delete", "move"]
-    image_ids: list[int] = Field(min_length=1, max_length=MAX_BULK_IMAGES)
+    image_ids: list[Int64] = Field(min_length=1, max_length=MAX_BULK_IMAGES)
     category: str | None = Field(default=None,
                                  description="move only: a category name, or null for the pool")
 

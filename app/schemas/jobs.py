@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from app.db.tables import Job
+from app.db.tables import Job, JobStatus
 
 
 class JobAccepted(BaseModel):
@@ -14,10 +14,14 @@ class JobAccepted(BaseModel):
 
 
 class JobOut(BaseModel):
+    """`status` is queued, running, succeeded or failed; a failed job's `stage` says how it
+    ended (`cancelled`, `timed_out`, `failed`) and `error` why. `cancel_requested_at`: a
+    running job asked to stop, which it does at its next progress report."""
+
     id: str
     kind: str
     model_id: str | None
-    status: str
+    status: JobStatus
     stage: str
     progress: float
     error: str | None
@@ -26,10 +30,13 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    cancel_requested_at: datetime | None
+    deadline_at: datetime | None
 
     @classmethod
     def build(cls, job: Job) -> JobOut:
-        return cls(id=job.id, kind=job.kind, model_id=job.model_id, status=job.status,
+        return cls(id=job.id, kind=job.kind, model_id=job.model_id, status=JobStatus(job.status),
                    stage=job.stage, progress=round(job.progress, 4), error=job.error,
                    attempts=job.attempts, result=job.result, created_at=job.created_at,
-                   started_at=job.started_at, finished_at=job.finished_at)
+                   started_at=job.started_at, finished_at=job.finished_at,
+                   cancel_requested_at=job.cancel_requested_at, deadline_at=job.deadline_at)

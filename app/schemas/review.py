@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from app.schemas.bounds import Int64
+
 
 class SuspectedMislabel(BaseModel):
     image_id: int
@@ -63,7 +65,7 @@ class ReviewOut(BaseModel):
 
 
 class KeepRequest(BaseModel):
-    image_ids: list[int] = Field(min_length=1, max_length=1000)
+    image_ids: list[Int64] = Field(min_length=1, max_length=1000)
 
 
 class KeepResult(BaseModel):

@@ -26,7 +26,6 @@ from app.db.tables import Account, Image, ImageLabel, Job, JobStatus, Model, Mod
 from app.errors import (
     Conflict,
     InvalidInput,
-    NanoNetError,
     NotFound,
     PayloadTooLarge,
     Unavailable,
@@ -80,7 +79,7 @@ def request_batch(session: Session, runtime: Runtime, *, account: Account, model
     rejected: list[dict[str, Any]] = []
     if image_ids is not None or pool:
         inputs = _pool_inputs(session, model, image_ids)
-        files: list[tuple[Path, bytes]] = []
+        files: list[tuple[Path, Upload]] = []
     elif uploads:
         inputs, files, rejected = _file_inputs(uploads, runtime.settings, folder)
     else:
@@ -91,8 +90,8 @@ def request_batch(session: Session, runtime: Runtime, *, account: Account, model
               params={"version": version.number, "version_id": version.id,
                       "reject_unknown": reject_unknown, "count": len(inputs), "inputs": inputs})
     try:
-        for path, data in files:
-            atomic_write(path, data)
+        for path, upload in files:
+            upload.save(path)
         session.add(job)
         session.commit()
     except BaseException:
@@ -126,16 +125,16 @@ def _check_usable(runtime: Runtime, version: ModelVersion, *, reject_unknown: bo
 
 
 def _file_inputs(uploads: list[Upload], settings: Settings, folder: Path) -> tuple[
-        list[dict[str, Any]], list[tuple[Path, bytes]], list[dict[str, Any]]]:
-    """Decode each upload now; return (inputs, the (path, bytes) to keep, the rejections)."""
+        list[dict[str, Any]], list[tuple[Path, Upload]], list[dict[str, Any]]]:
+    """Decode each upload now; return (inputs, the (path, upload) to keep, the rejections)."""
     results: list[dict[str, Any]] = []
-    kept: dict[int, bytes] = {}
+    kept: dict[int, Upload] = {}
     for result, upload, _ in decode_uploads(uploads, settings, results):
-        kept[len(results) - 1] = upload.data
+        kept[len(results) - 1] = upload
         result["status"] = "ok"
     raise_if_nothing_accepted(results)
     inputs: list[dict[str, Any]] = []
-    files: list[tuple[Path, bytes]] = []
+    files: list[tuple[Path, Upload]] = []
     rejected: list[dict[str, Any]] = []
     for index, result in enumerate(results):
         if index in kept:
@@ -206,17 +205,12 @@ def _listed(ids: list[int], shown: int = 20) -> str:
 
 def run_batch_job(runtime: Runtime, job_id: str) -> None:
     """Job handler of kind "batch_predict": label the inputs a backbone batch at a time, write
-    results.json, drop the kept files, succeed; then tell the webhooks (failures too).
+    results.json, drop the kept files, succeed; then tell the webhooks. A failure (cancelled
+    and timed out included) is the runner's to record, which then calls on_batch_failed.
 
     Redoes everything when run again after a crash: the files go only after the commit.
     """
-    try:
-        finished = _label_batch(runtime, job_id)
-    except Exception as exc:
-        error = exc.message if isinstance(exc, NanoNetError) else (
-            f"internal error: {type(exc).__name__}: {exc}")
-        _end_failed(runtime, job_id, error)
-        raise
+    finished = _label_batch(runtime, job_id)
     if finished is not None:
         _emit(runtime, finished, status=JobStatus.SUCCEEDED)
 
@@ -250,7 +244,7 @@ def _label_batch(runtime: Runtime, job_id: str) -> Job | None:
                     "message": f"Image {inputs[index]['image_id']} was deleted before the "
                                "batch ran."})
             else:
-                uploads.append((index, Upload(filename=inputs[index]["file"], data=data)))
+                uploads.append((index, Upload.of_bytes(inputs[index]["file"], data)))
         if uploads:
             _label_chunk(runtime, version, inputs, uploads, results,
                          reject_unknown=params["reject_unknown"])
@@ -267,11 +261,13 @@ def _label_batch(runtime: Runtime, job_id: str) -> Job | None:
                "rejected": sum(r["status"] == "rejected" for r in done),
                "labels": dict(Counter(r["label"] for r in done if r["status"] == "ok"))}
     with runtime.session_factory() as session:
-        job_service.succeed_job(session, job_id=job_id, result=summary)
+        succeeded = job_service.succeed_job(session, job_id=job_id, result=summary)
         finished = session.get(Job, job_id)
     if finished is None:  # the model was deleted while the batch ran: leave nothing behind
         shutil.rmtree(folder, ignore_errors=True)
         return None
+    if not succeeded:  # cancelled or timed out since the last report
+        raise job_service.JobLost("This batch was ended before its results were recorded.")
     shutil.rmtree(folder / "inputs", ignore_errors=True)
     log.info("batches.run.succeeded batch=%s version=%d inputs=%d", job_id, params["version"],
              len(done))
@@ -319,9 +315,10 @@ def _rejected(item: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
             "error": error}
 
 
-def _end_failed(runtime: Runtime, job_id: str, error: str) -> None:
+def on_batch_failed(runtime: Runtime, job_id: str) -> None:
+    """After a batch job ended failed, whoever ended it (its run, a cancel, the reconciler):
+    drop its files and tell the webhooks."""
     with runtime.session_factory() as session:
-        job_service.fail_job(session, job_id=job_id, error=error)
         job = session.get(Job, job_id)
     shutil.rmtree(batch_dir(runtime.settings, job_id), ignore_errors=True)
     if job is not None and job.status == JobStatus.FAILED:

@@ -1,36 +1,56 @@
 """Training images: decode-check each upload, store it content-addressed, label it; list,
-move (relabel, or back to the unlabelled pool) and delete them."""
+move (relabel, or back to the unlabelled pool) and delete them; sweep away the files a crash
+left without rows."""
 
 from __future__ import annotations
 
+import io
 import logging
+import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db.base import utcnow
 from app.db.tables import Account, Category, Image, ImageLabel, Model
 from app.errors import Conflict, InvalidInput, NanoNetError, NotFound
-from app.ml.imaging import DecodedImage, ImageRejected, decode_image
+from app.ml.imaging import DecodedImage, ImageRejected, PixelBudget, decode_image
 from app.runtime import Runtime
 from app.services import jobs as job_service
 from app.services.features import request_extraction
 from app.services.models import get_model, remove_unused_images
+from app.services.quotas import check_disk, check_new_images, size_of
 from app.services.thumbnails import thumbnail_of
+from app.storage import atomic_writer
 
 log = logging.getLogger("nanonet.images")
 
 
 @dataclass(frozen=True)
 class Upload:
-    """One file of a multipart request; `data` holds at most max_file_bytes + 1 bytes."""
+    """One file of a request as a seekable binary file: a multipart part stays where the parser
+    spooled it (on disk past 1 MiB), so no upload is ever held whole in memory."""
 
     filename: str
-    data: bytes
+    file: BinaryIO
+
+    @classmethod
+    def of_bytes(cls, filename: str, data: bytes) -> Upload:
+        """An upload of bytes already in memory (a batch job's kept input)."""
+        return cls(filename=filename, file=io.BytesIO(data))
+
+    def save(self, path: Path) -> None:
+        """Copy the file to `path` atomically, a chunk at a time."""
+        self.file.seek(0)
+        with atomic_writer(path) as out:
+            shutil.copyfileobj(self.file, out)
 
 
 def rejection(filename: str, exc: ImageRejected) -> dict[str, Any]:
@@ -40,7 +60,7 @@ def rejection(filename: str, exc: ImageRejected) -> dict[str, Any]:
 
 def raise_if_nothing_accepted(results: list[dict[str, Any]]) -> None:
     """A batch where every file was refused is a 4xx, with each file's reason in details."""
-    errors = [result["error"] for result in results if result["status"] == "rejected"]
+    errors = [result["error"] for result in results if result.get("status") == "rejected"]
     if not results or len(errors) < len(results):
         return
     statuses = {error["http_status"] for error in errors}
@@ -62,21 +82,38 @@ def decode_uploads(uploads: list[Upload], settings: Settings,
     """Decode each upload through the one decode path, appending one result per file to `results`.
 
     Yields (its result, to be completed by the caller; the upload; the decoded image) for each
-    file that decodes; a file that does not gets its rejection. Raises InvalidInput for none.
+    file that decodes; a file that does not gets its rejection, and so does every file once the
+    call's pixel budget (max_request_pixels, from the headers) is spent. Raises InvalidInput for
+    none.
     """
     if not uploads:
         raise InvalidInput("Send at least one image as a `files` part.", code="no_files",
                            status=400)
+    budget = PixelBudget(settings.max_request_pixels)
     for upload in uploads:
         try:
-            decoded = decode_image(upload.data, max_bytes=settings.max_file_bytes,
-                                   max_pixels=settings.max_image_pixels)
+            decoded = decode_image(upload.file, max_bytes=settings.max_file_bytes,
+                                   max_pixels=settings.max_image_pixels, budget=budget)
         except ImageRejected as exc:
             results.append(rejection(upload.filename, exc))
             continue
         result: dict[str, Any] = {"file": upload.filename}
         results.append(result)
         yield result, upload, decoded
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """An upload that decoded, with what its row needs besides the digest."""
+
+    result: dict[str, Any]
+    upload: Upload
+    width: int
+    height: int
+    format: str
+
+
+_InStore = tuple[_Checked, str, int]  # a decoded upload, its digest, its size in bytes
 
 
 def add_images(session: Session, runtime: Runtime, *, account: Account, model_id: str,
@@ -87,16 +124,38 @@ def add_images(session: Session, runtime: Runtime, *, account: Account, model_id
     Bytes already in the target (the category, or anywhere for the pool) are a duplicate; bytes
     waiting in the pool get the label; bytes in another category are stored again as a copy in
     this one (accepted, `also_in` naming the others), for the review to list as a conflict.
-    Two requests adding the same bytes at once both read them as new; the second to commit
-    hits the (model, sha256, copy) unique key, rolls back and runs again, now finding them.
+    Every file is decoded, then written to the blob store, and only then are the rows inserted
+    in one short transaction: a crash leaves at most blobs no row names (for the sweep), and
+    no database lock is held while files decode. Raises NotFound, InvalidInput, and the files'
+    own 4xx when none of them is usable.
     """
-    try:
-        return _add_images(session, runtime, account=account, model_id=model_id,
-                           category=category, uploads=uploads)
-    except IntegrityError:
-        session.rollback()
-        return _add_images(session, runtime, account=account, model_id=model_id,
-                           category=category, uploads=uploads)
+    model = get_model(session, account=account, model_id=model_id)
+    target = find_category(model, category)
+    names = {c.id: c.name for c in model.categories}
+    check_new_images(session, runtime.settings, model, len(uploads))
+    session.commit()  # ends the read: no connection or lock is held while the files decode
+    results: list[dict[str, Any]] = []
+    checked = [_Checked(result, upload, decoded.width, decoded.height, decoded.format)
+               for result, upload, decoded in decode_uploads(uploads, runtime.settings, results)]
+    raise_if_nothing_accepted(results)
+    check_disk(runtime.settings, size_of(item.upload.file for item in checked))
+    with runtime.blobs.holding() as hold:  # until the rows commit: no delete takes these blobs
+        stored = [(item, *hold.store(item.upload.file)) for item in checked]
+        try:
+            accepted = _insert_rows(session, model_id=model.id, target=target, names=names,
+                                    stored=stored)
+        except IntegrityError:
+            # Another request committed a conflicting row (or dropped the category) between
+            # this one's read and its insert; reading again answers from what is there now:
+            # a duplicate, another copy, or a 404.
+            session.rollback()
+            accepted = _insert_rows(session, model_id=model.id, target=target, names=names,
+                                    stored=stored)
+    if accepted:
+        request_extraction(session, runtime, account=account, model=model)
+    log.info("images.added model=%s category=%s accepted=%d of %d", model.id,
+             target.name if target is not None else "(unlabelled)", accepted, len(results))
+    return results
 
 
 @dataclass
@@ -108,63 +167,86 @@ class _Stored:
     copy: int
 
 
-def _add_images(session: Session, runtime: Runtime, *, account: Account, model_id: str,
-                category: str | None, uploads: list[Upload]) -> list[dict[str, Any]]:
-    model = get_model(session, account=account, model_id=model_id)
-    target = find_category(model, category)
+def _insert_rows(session: Session, *, model_id: str, target: Category | None,
+                 names: dict[int, str], stored: list[_InStore]) -> int:
+    """Insert the rows of the stored files and commit; complete each file's result; return how
+    many were accepted. Raises NotFound for a model or category deleted meanwhile.
+
+    The transaction starts by writing the model's row, which takes SQLite's write lock (and the
+    row's lock on PostgreSQL): uploads to one model take turns here, each reading what the one
+    before committed, so the same bytes sent twice at once are one row and one duplicate.
+    """
+    locked = session.execute(update(Model).where(Model.id == model_id)
+                             .values(updated_at=utcnow()))
+    if not locked.rowcount:  # type: ignore[attr-defined]
+        raise NotFound(f"No model with id {model_id!r}.", code="model_not_found")
     target_id = target.id if target is not None else None
-    names = {c.id: c.name for c in model.categories}
-    existing = _rows_by_digest(session, model.id)
-    results: list[dict[str, Any]] = []
+    if target is not None and session.scalar(
+            select(Category.id).where(Category.id == target.id)) is None:
+        raise NotFound(f"The category {target.name!r} was deleted; nothing was stored.",
+                       code="unknown_category")
+    existing = _rows_by_digest(session, model_id)
+    answers: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (result, its fields)
     added: list[tuple[dict[str, Any], Image]] = []
     labelled: list[int] = []  # pool images this upload labels
-    for result, upload, decoded in decode_uploads(uploads, runtime.settings, results):
-        digest = runtime.blobs.put(upload.data)
+    for item, digest, size in stored:
         rows = existing.setdefault(digest, [])
         same = next((r for r in rows if target is None or r.category_id == target_id), None)
         pooled = next((r for r in rows if r.category_id is None and r.image_id is not None),
                       None)
+        shape = {"sha256": digest, "width": item.width, "height": item.height}
         if same is not None:
-            result.update(status="duplicate", image_id=same.image_id, sha256=digest)
-            continue
-        size = {"sha256": digest, "width": decoded.width, "height": decoded.height}
-        if pooled is not None:
-            result.update(status="accepted", image_id=pooled.image_id, **size)
+            fields: dict[str, Any] = {"status": "duplicate", "image_id": same.image_id,
+                                      "sha256": digest}
+        elif pooled is not None:
+            fields = {"status": "accepted", "image_id": pooled.image_id, **shape}
             labelled.append(pooled.image_id)  # type: ignore[arg-type]
             pooled.category_id = target_id
-            continue
-        copy = max((r.copy for r in rows), default=-1) + 1
-        image = Image(model_id=model.id, sha256=digest, copy=copy,
-                      filename=upload.filename[:500], format=decoded.format,
-                      width=decoded.width, height=decoded.height, size_bytes=len(upload.data))
-        rows.append(_Stored(None, target_id, copy))  # a repeat later in this batch: duplicate
-        result.update(status="accepted", **size)
-        also_in = sorted({names[r.category_id] for r in rows if r.category_id is not None}
-                         - {names.get(target_id)})  # type: ignore[arg-type]
-        if also_in:
-            result["also_in"] = also_in
-        added.append((result, image))
-    raise_if_nothing_accepted(results)
-    # Rows are written only now: decoding is the slow part, and SQLite's write lock, taken by
-    # the first flush, should not be held while it runs.
+        else:
+            copy = max((r.copy for r in rows), default=-1) + 1
+            image = Image(model_id=model_id, sha256=digest, copy=copy,
+                          filename=item.upload.filename[:500], format=item.format,
+                          width=item.width, height=item.height, size_bytes=size)
+            rows.append(_Stored(None, target_id, copy))  # a repeat later in this batch: duplicate
+            fields = {"status": "accepted", **shape}
+            also_in = sorted({names[r.category_id] for r in rows if r.category_id is not None}
+                             - {names.get(target_id)})  # type: ignore[arg-type]
+            if also_in:
+                fields["also_in"] = also_in
+            added.append((fields, image))
+        answers.append((item.result, fields))
     session.add_all([image for _, image in added])
     session.flush()
     if target is not None:
         session.add_all([ImageLabel(image_id=image_id, category_id=target.id)
                          for image_id in [image.id for _, image in added] + labelled])
     session.commit()
-    for result, image in added:
-        result["image_id"] = image.id
+    for fields, image in added:
+        fields["image_id"] = image.id
     ids = {image.sha256: image.id for _, image in added}
-    for result in results:  # a repeat of a file added by this batch
-        if result["status"] == "duplicate" and result.get("image_id") is None:
-            result["image_id"] = ids[result["sha256"]]
-    if added or labelled:
-        request_extraction(session, runtime, account=account, model=model)
-    log.info("images.added model=%s category=%s accepted=%d of %d", model.id,
-             target.name if target is not None else "(unlabelled)", len(added) + len(labelled),
-             len(results))
-    return results
+    for result, fields in answers:
+        if fields["status"] == "duplicate" and fields["image_id"] is None:  # a repeat in this batch
+            fields["image_id"] = ids[fields["sha256"]]
+        result.update(fields)
+    return len(added) + len(labelled)
+
+
+def sweep_unused_blobs(runtime: Runtime) -> int:
+    """Delete stored images no row refers to once they are orphan_grace_seconds old (what a
+    crash between a blob write and its rows' commit leaves), with their cached features and
+    thumbnails, and interrupted blob writes; return how many images went.
+
+    Younger files are kept: they may belong to an upload that has not committed yet.
+    """
+    cutoff = time.time() - runtime.settings.orphan_grace_seconds
+    runtime.blobs.remove_stale_incoming(older_than=cutoff)
+    with runtime.session_factory() as session:
+        referenced = set(session.scalars(select(Image.sha256).distinct()))
+        old = {digest for digest, mtime in runtime.blobs.stored() if mtime < cutoff}
+        removed = remove_unused_images(session, runtime, digests=old - referenced)
+    if removed:
+        log.info("images.swept removed=%d", removed)
+    return removed
 
 
 def _rows_by_digest(session: Session, model_id: str) -> dict[str, list[_Stored]]:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import shutil
+from functools import partial
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.db.tables import Account, Category, Image, ImageLabel, Job, Model
 from app.errors import InvalidInput, NotFound
 from app.runtime import Runtime
+from app.services.quotas import check_new_model
 from app.services.thumbnails import discard_thumbnail
 
 log = logging.getLogger("nanonet.models")
@@ -54,9 +57,10 @@ def clean_categories(names: list[str]) -> list[str]:
     return cleaned
 
 
-def create_model(session: Session, *, account: Account, name: str,
+def create_model(session: Session, *, settings: Settings, account: Account, name: str,
                    categories: list[str]) -> Model:
-    """Create a model with its categories; raises InvalidInput."""
+    """Create a model with its categories; raises InvalidInput, QuotaExceeded."""
+    check_new_model(session, settings, account)
     name = name.strip()
     if not name or len(name) > MAX_NAME_LENGTH:
         raise InvalidInput(f"The name must be 1 to {MAX_NAME_LENGTH} characters long.",
@@ -131,12 +135,18 @@ def remove_unused_images(session: Session, runtime: Runtime, *, digests: set[str
     Call after the commit that dropped the rows; return how many images left the disk.
     """
     still_used = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(digests))))
-    unused = digests - still_used
-    for digest in unused:
-        runtime.blobs.delete(digest)
-        runtime.features.discard(digest)
-        discard_thumbnail(runtime, digest)
-    return len(unused)
+    removed = 0
+    for digest in digests - still_used:
+        # Asked again under the blob's lock: an upload may have stored the same bytes since.
+        if runtime.blobs.delete(digest, in_use=partial(_has_image_row, session, digest)):
+            runtime.features.discard(digest)
+            discard_thumbnail(runtime, digest)
+            removed += 1
+    return removed
+
+
+def _has_image_row(session: Session, digest: str) -> bool:
+    return session.scalar(select(Image.id).where(Image.sha256 == digest).limit(1)) is not None
 
 
 def training_set(session: Session, *, model_id: str) -> list[tuple[int, str, int]]:

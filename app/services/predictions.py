@@ -16,6 +16,8 @@ from app.services.versions import load_head, serving_version
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
+    from app.ml.heads import Head
+
 UNKNOWN_LABEL = "unknown"
 assert UNKNOWN_LABEL in RESERVED_LABELS
 
@@ -27,10 +29,19 @@ def predict(session: Session, runtime: Runtime, *, account: Account, model_id: s
     one result per upload: label, probability, all labels.
 
     With reject_unknown, an image unlike every category is labelled "unknown" (its
-    probabilities are still listed); raises Conflict if the version has no calibrated detector.
+    probabilities are still listed); raises Conflict if the version has no calibrated detector,
+    and Busy (503) when no inference slot frees up within settings.inference_wait_seconds.
+
+    The database is read first (model, version, and the head from its file) and the session's
+    transaction ends before any file is decoded: decoding and the backbone take seconds, and a
+    request holding a pooled connection that long lets a burst of predicts take the whole pool
+    and stall every other request, /health and sign-in included. The backbone then runs in one
+    of runtime.inference's slots, so only a fixed number of passes share the cores at once.
     """
     model = get_model(session, account=account, model_id=model_id)
     version = serving_version(session, model=model, number=number)
+    head, meta = usable_head(runtime, version, reject_unknown=reject_unknown)
+    session.commit()  # ends the read: the connection goes back to the pool before the work
     settings = runtime.settings
     results: list[dict[str, Any]] = []
     accepted: list[tuple[dict[str, Any], PILImage.Image]] = []
@@ -39,11 +50,24 @@ def predict(session: Session, runtime: Runtime, *, account: Account, model_id: s
         accepted.append((result, decoded.image))
     raise_if_nothing_accepted(results)
 
-    for (result, _), labelled in zip(accepted, label_images(
-            runtime, version, [image for _, image in accepted], reject_unknown=reject_unknown),
-            strict=True):
-        result.update(labelled)
+    with runtime.inference.hold():
+        labelled = label_with(runtime, head, meta, [image for _, image in accepted],
+                              reject_unknown=reject_unknown)
+    for (result, _), answer in zip(accepted, labelled, strict=True):
+        result.update(answer)
     return version.number, results
+
+
+def usable_head(runtime: Runtime, version: ModelVersion, *,
+                reject_unknown: bool = False) -> tuple[Head, dict[str, Any]]:
+    """Return the version's head and meta; raises Conflict: a version this server cannot run,
+    or reject_unknown without a detector."""
+    head, meta = load_head(runtime, version)
+    if reject_unknown and meta.get("unknown") is None:
+        raise Conflict("This version cannot tell unknown images apart: it was trained with fewer "
+                       "than 2 images in some category. Add images and train again.",
+                       code="unknown_not_calibrated")
+    return head, meta
 
 
 def label_images(runtime: Runtime, version: ModelVersion, images: list[PILImage.Image], *,
@@ -52,13 +76,16 @@ def label_images(runtime: Runtime, version: ModelVersion, images: list[PILImage.
 
     Raises Conflict: a version this server cannot run, or reject_unknown without a detector.
     """
+    head, meta = usable_head(runtime, version, reject_unknown=reject_unknown)
+    return label_with(runtime, head, meta, images, reject_unknown=reject_unknown)
+
+
+def label_with(runtime: Runtime, head: Head, meta: dict[str, Any],
+               images: list[PILImage.Image], *,
+               reject_unknown: bool = False) -> list[dict[str, Any]]:
+    """Return {"label", "probability", "predictions"} per decoded image from a loaded head."""
     from app.ml.predict import classify, top_predictions
 
-    head, meta = load_head(runtime, version)
-    if reject_unknown and meta.get("unknown") is None:
-        raise Conflict("This version cannot tell unknown images apart: it was trained with fewer "
-                       "than 2 images in some category. Add images and train again.",
-                       code="unknown_not_calibrated")
     # The detector may use another backbone than the head; skip its pass when not asked for.
     used = meta if reject_unknown else {**meta, "unknown": None}
     probabilities, unknown = classify(head, used, images,

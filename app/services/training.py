@@ -186,6 +186,8 @@ def _save_version(runtime: Runtime, *, job_id: str, number: int, result: FitResu
         version = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id))
         if job is None or model is None or version is None:
             raise NotFound("The model of this job was deleted.")
+        if job.status != JobStatus.RUNNING:  # cancelled or timed out since the last report
+            raise job_service.JobLost("This training was ended before it could be saved.")
         relative = f"{model.id}/{version.id}.pt"
         save_artifact(runtime.settings.models_dir / relative, head=result.head, meta={
             "labels": version.labels, "backbone": candidate.backbone, "head": candidate.head,
@@ -208,9 +210,11 @@ def _save_version(runtime: Runtime, *, job_id: str, number: int, result: FitResu
             model.active_version_id = version.id
         model.state = ModelState.READY if activated or model.active_version_id \
             else ModelState.CREATED
-        job.status, job.stage, job.progress = JobStatus.SUCCEEDED, "done", 1.0
-        job.finished_at = utcnow()
-        job.result = {"version_id": version.id, "version": number, "activated": activated}
+        # Fenced: a run the reconciler failed meanwhile (timed out, say) stays failed.
+        if not job_service.mark_succeeded(session, job_id=job_id, result={
+                "version_id": version.id, "version": number, "activated": activated}):
+            session.rollback()
+            raise job_service.JobLost("This training was ended before it could be saved.")
         session.commit()
         active = model.active_version.number if model.active_version else None
         outcome = TrainingOutcome(

@@ -82,7 +82,11 @@ def load_head(runtime: Runtime, version: ModelVersion) -> tuple[Head, dict[str, 
     try:
         head, meta = runtime.heads.get(runtime.settings.models_dir / version.artifact_path)
     except (ValueError, FileNotFoundError) as exc:  # a head kind this release lacks, or damage
-        raise Conflict(f"Version {version.number} cannot be loaded: {exc}. Train the model "
+        # The reason names paths of the data dir: the log has it, the caller gets the remedy.
+        log.warning("versions.unusable version_id=%s reason=%s", version.id, exc)
+        why = "its file is missing" if isinstance(exc, FileNotFoundError) else (
+            "its file is damaged or was made by a release this one cannot read")
+        raise Conflict(f"Version {version.number} cannot be loaded: {why}. Train the model "
                        "again to make a new version.", code="version_unusable") from exc
     detector = meta.get("unknown")
     needed = [meta["backbone"]] + ([detector["backbone"]] if detector else [])

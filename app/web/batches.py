@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Request, Response
+from fastapi import APIRouter, Form, Request, Response
 
-from app.api.deps import RuntimeDep, SessionDep, check_request_size, read_uploads
+from app.api.deps import RuntimeDep, SessionDep, read_uploads
+from app.api.rate_limits import PREDICTIONS, count
 from app.db.tables import ACTIVE_JOB_STATUSES, JobStatus
 from app.errors import NanoNetError
 from app.schemas.batches import BatchOut
@@ -34,13 +35,14 @@ def batch_path(model_id: str, batch_id: str) -> str:
     return f"{model_path(model_id)}/batches/{batch_id}"
 
 
-@router.post(MODELS_PATH + "/{model_id}/batches", dependencies=[Depends(check_request_size)])
+@router.post(MODELS_PATH + "/{model_id}/batches")
 def create_batch(model_id: str, request: Request, session: SessionDep, runtime: RuntimeDep,
                  account: WebAccountDep, files: FilesForm = None,
                  pool: Annotated[bool, Form()] = False) -> Response:
     """Queue the chosen files, or (`pool`) every image of the unlabelled pool; then follow the
     batch on its own page. A refusal is shown on the model page, in the batch section."""
     try:
+        count(request, PREDICTIONS, account.id)
         job, _ = batch_service.request_batch(
             session, runtime, account=account, model_id=model_id, pool=pool,
             uploads=None if pool else read_uploads(chosen_files(files), runtime))

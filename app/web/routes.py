@@ -9,18 +9,13 @@ from functools import partial
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Request, Response, UploadFile
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session
 
-from app.api.deps import (
-    SESSION_COOKIE,
-    RuntimeDep,
-    SessionDep,
-    check_request_size,
-    read_uploads,
-)
+from app.api.deps import RuntimeDep, SessionDep, read_uploads
+from app.api.rate_limits import PREDICTIONS, UPLOADS, count
 from app.db.tables import ACTIVE_JOB_STATUSES, Account, Model
 from app.errors import Conflict, InvalidInput, NanoNetError, NotFound
 from app.runtime import Runtime
@@ -32,15 +27,17 @@ from app.services import categories as category_service
 from app.services import images as image_service
 from app.services import models as model_service
 from app.services import versions as version_service
-from app.services.accounts import authenticate
+from app.services.accounts import end_web_session, start_web_session
 from app.services.images import add_images
 from app.services.jobs import active_job, get_job
 from app.services.predictions import predict
 from app.services.review import keep_images, version_review
 from app.services.suggestions import suggest
 from app.services.training import request_training
-from app.web import webhooks
+from app.web import scripts, webhooks
+from app.web.csrf import forget_visitor
 from app.web.deps import SIGN_IN_PATH, WebAccountDep, WebRoute, signed_in_account
+from app.web.sessions import SESSION_COOKIE, clear_cookie, keep_session, session_token
 from app.web.summary import version_summary
 from app.web.templating import STATIC_DIR, error_page, render
 
@@ -56,9 +53,10 @@ ImageIdsForm = Annotated[list[int] | None, Form()]
 
 
 def mount_web(app: FastAPI) -> None:
-    """Add the web pages and their static files to `app`: the webhook pages first, before
-    this router's catch-all 404. (The batch pages build on this module: app.main includes
-    them before calling this.)"""
+    """Add the web pages and their static files to `app`: the scripts' JSON routes and the
+    webhook pages first, before this router's catch-all 404. (The batch pages build on this
+    module: app.main includes them before calling this.)"""
+    app.include_router(scripts.router)
     app.include_router(webhooks.router)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -252,26 +250,31 @@ def sign_in_form(request: Request, session: SessionDep) -> Response:
 
 
 @router.post(SIGN_IN_PATH)
-def sign_in(request: Request, session: SessionDep,
+def sign_in(request: Request, session: SessionDep, runtime: RuntimeDep,
             api_key: Annotated[str, Form()] = "") -> Response:
+    """Start a server-side session; the cookie carries its signed token, never the key."""
     key = api_key.strip()
     if not key:
         return render(request, "sign_in.html", {"error": "Enter your API key."}, status=401)
-    if authenticate(session, key=key) is None:
+    token = start_web_session(session, key=key, max_age=runtime.settings.session_max_age)
+    if token is None:
         return render(request, "sign_in.html",
                       {"error": "This API key is not valid. Check it and try again."},
                       status=401)
     response = see_other(MODELS_PATH)
-    response.set_cookie(SESSION_COOKIE, key, httponly=True, samesite="strict", path="/",
-                        secure=request.url.scheme == "https")
+    keep_session(request, response, token)
+    forget_visitor(request, response)
     return response
 
 
 @router.post("/web/sign-out")
-def sign_out(request: Request) -> Response:
+def sign_out(request: Request, session: SessionDep) -> Response:
+    """End the session in the database (a copy of the cookie opens nothing), then the cookie."""
+    token = session_token(request)
+    if token is not None:
+        end_web_session(session, token=token)
     response = see_other(SIGN_IN_PATH)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
-                           secure=request.url.scheme == "https")
+    clear_cookie(request, response, SESSION_COOKIE)
     return response
 
 
@@ -281,11 +284,12 @@ def list_models(request: Request, session: SessionDep, account: WebAccountDep) -
 
 
 @router.post(MODELS_PATH)
-def create_model(request: Request, session: SessionDep, account: WebAccountDep,
-                 name: Annotated[str, Form()] = "",
+def create_model(request: Request, session: SessionDep, runtime: RuntimeDep,
+                 account: WebAccountDep, name: Annotated[str, Form()] = "",
                  categories: Annotated[str, Form()] = "") -> Response:
     try:
-        model = model_service.create_model(session, account=account, name=name,
+        model = model_service.create_model(session, settings=runtime.settings, account=account,
+                                          name=name,
                                           categories=split_categories(categories))
     except NanoNetError as exc:
         session.rollback()
@@ -300,11 +304,12 @@ def show_model(model_id: str, request: Request, session: SessionDep, account: We
     return model_page(request, session, account=account, model_id=model_id, job_id=job)
 
 
-@router.post(MODELS_PATH + "/{model_id}/images", dependencies=[Depends(check_request_size)])
+@router.post(MODELS_PATH + "/{model_id}/images")
 def upload_images(model_id: str, request: Request, session: SessionDep, runtime: RuntimeDep,
                   account: WebAccountDep, category: Annotated[str, Form()] = "",
                   files: FilesForm = None) -> Response:
     try:
+        count(request, UPLOADS, account.id)
         results = add_images(session, runtime, account=account, model_id=model_id,
                              category=category,
                              uploads=read_uploads(chosen_files(files), runtime))
@@ -329,11 +334,12 @@ def train_model(model_id: str, request: Request, session: SessionDep, runtime: R
     return see_other(f"{model_path(model_id)}?job={job.id}#training")
 
 
-@router.post(MODELS_PATH + "/{model_id}/predict", dependencies=[Depends(check_request_size)])
+@router.post(MODELS_PATH + "/{model_id}/predict")
 def predict_images(model_id: str, request: Request, session: SessionDep, runtime: RuntimeDep,
                    account: WebAccountDep, files: FilesForm = None,
                    reject_unknown: Annotated[bool, Form()] = False) -> Response:
     try:
+        count(request, PREDICTIONS, account.id)
         version, results = predict(session, runtime, account=account, model_id=model_id,
                                    uploads=read_uploads(chosen_files(files), runtime),
                                    reject_unknown=reject_unknown)
@@ -509,6 +515,18 @@ def delete_category(model_id: str, request: Request, session: SessionDep, runtim
                        shown=shown_from("images", "", 1),
                        action=partial(category_service.delete_category, session, runtime,
                                       account=account, model_id=model_id, name=name))
+
+
+@router.get(MODELS_PATH + "/{model_id}/images/{image_id}/thumbnail")
+def thumbnail(model_id: str, image_id: int, request: Request, session: SessionDep,
+              runtime: RuntimeDep, account: WebAccountDep) -> Response:
+    """The pages' thumbnails (the API's, under the web session); the ETag spares a resend."""
+    image, data = image_service.image_thumbnail(session, runtime, account=account,
+                                                model_id=model_id, image_id=image_id)
+    headers = {"ETag": f'"{image.sha256[:32]}"', "Cache-Control": "private, no-cache"}
+    if request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type="image/jpeg", headers=headers)
 
 
 @router.get("/web/{rest:path}")

@@ -384,7 +384,7 @@ def test_409_before_training_and_before_the_batch_finishes(
         with pytest.raises(Crash):
             run_job(runtime, first["batch_id"])
     with runtime.session_factory() as session:
-        job_service.recover_job(session, job_id=first["batch_id"], max_attempts=2)
+        job_service.recover_interrupted_jobs(session, max_attempts=2)
     run_job(runtime, first["batch_id"])
     assert [r["file"] for r in all_results(api, insects, first["batch_id"])] == [
         path.name for path in VAL[:3]]

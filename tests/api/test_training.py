@@ -83,7 +83,8 @@ def test_a_failed_retraining_keeps_the_previous_version_serving(tmp_path) -> Non
         assert wait_for_job(client, job_id)["status"] == "succeeded"
         # The store loses a new image's bytes before its features were ever extracted.
         added = upload(client, model_id, "hemlock", tree_photos("hemlock")[4:5]).json()
-        client.app.state.runtime.blobs.delete(added["results"][0]["sha256"])  # type: ignore[attr-defined]
+        client.app.state.runtime.blobs.delete(  # type: ignore[attr-defined]
+            added["results"][0]["sha256"], in_use=lambda: False)
 
         job_id = client.post(f"/api/v1/models/{model_id}/train", headers=bearer()).json()["job_id"]
         failed = wait_for_job(client, job_id)

@@ -164,9 +164,11 @@ def test_a_failed_training_leaves_the_active_version_serving(
 
     monkeypatch.setattr("app.ml.select.fit_model", broken)
     job = train(client, trained_trees, expect="failed")
-    assert "the fit blew up" in job["error"]
+    # An unexpected exception is not a message for users: they get the reason, the log the text.
+    assert job["error"] == ("Training failed: an unexpected error; the server log has the "
+                            f"details (job {job['id']}).")
     failed = client.get(f"/api/v1/models/{trained_trees}/versions/2", headers=bearer()).json()
-    assert failed["status"] == "failed" and "the fit blew up" in failed["error"]
+    assert failed["status"] == "failed" and failed["error"] == job["error"]
     assert failed["backbone"] is None and failed["metrics"] is None and not failed["active"]
     model = client.get(f"/api/v1/models/{trained_trees}", headers=bearer()).json()
     assert model["state"] == "ready" and model["version"]["number"] == 1

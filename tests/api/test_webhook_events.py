@@ -108,7 +108,8 @@ def test_a_failed_training_sends_training_failed(tmp_path: Path, receiver: Recei
         assert delivery["event"] == "training.failed" and delivery["status"] == "succeeded"
         [body] = bodies(receiver, "training.failed")
         assert body["data"]["model_id"] == model_id and body["data"]["job_id"] == job["id"]
-        assert "the fit blew up" in body["data"]["error"]
+        assert body["data"]["error"] == job["error"]
+        assert "the fit blew up" not in job["error"] and "unexpected error" in job["error"]
         assert body["data"]["version"]["number"] == 1
         assert body["data"]["version"]["status"] == "failed"
 

@@ -30,6 +30,10 @@ SERVER_ENV = {
     "NANONET_URL_ALLOW_PRIVATE": "true",  # the walk's webhook receiver is on loopback
 }
 CHROMIUM_CANDIDATES = ("chromium", "/usr/bin/chromium", "/usr/lib/chromium/chromium")
+CSP_REPORTER = """document.addEventListener("securitypolicyviolation", function (event) {
+  console.error("CSP violation: " + event.violatedDirective + " blocked " + event.blockedURI +
+                " at " + event.sourceFile + ":" + event.lineNumber);
+});"""
 
 
 @dataclass
@@ -119,6 +123,8 @@ def artifacts(artifacts_dir: Path, request: pytest.FixtureRequest) -> Artifacts:
 def page(browser: Browser, server: Server, artifacts: Artifacts) -> Iterator[Page]:
     """A fresh browser context on the server; its console and uncaught errors are kept."""
     context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
+    # Every CSP refusal reaches the console (init scripts run whatever the page's CSP says).
+    context.add_init_script(CSP_REPORTER)
     page = context.new_page()
     console: list[str] = []
     page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
@@ -133,3 +139,6 @@ def page(browser: Browser, server: Server, artifacts: Artifacts) -> Iterator[Pag
             context.close()
     uncaught = [line for line in console if line.startswith("uncaught: ")]
     assert not uncaught, artifacts.note(f"JavaScript errors on the page: {uncaught}")
+    refused = [line for line in console
+               if "CSP violation" in line or "Content Security Policy" in line]
+    assert not refused, artifacts.note(f"the CSP refused something on the page: {refused}")

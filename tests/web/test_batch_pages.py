@@ -32,6 +32,7 @@ from tests.conftest import (
     upload,
     wait_for_job,
 )
+from tests.web.forms import sign_in
 
 pytestmark = pytest.mark.slow
 
@@ -87,12 +88,6 @@ def files_of(*paths: Path) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [("files", (path.name, path.read_bytes(), "image/jpeg")) for path in paths]
 
 
-def sign_in(client: TestClient, key: str) -> TestClient:
-    response = client.post("/web/sign-in", data={"api_key": key}, follow_redirects=False)
-    assert response.status_code == 303
-    return client
-
-
 @pytest.fixture(scope="module")
 def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """A browser signed in to the web form (requests with a bearer header set up data)."""
@@ -141,7 +136,7 @@ def test_dropped_files_are_labelled_listed_and_downloaded(web: TestClient, trees
     batch_id = send(web, trees, paths)
     page = web.get(f"/web/models/{trees}/batches/{batch_id}")
     assert page.status_code == 200 and page.headers["cache-control"] == "no-store"
-    assert f'data-job-url="/api/v1/jobs/{batch_id}"' in page.text  # app.js follows the job
+    assert f'data-job-url="/web/json/jobs/{batch_id}"' in page.text  # app.js follows the job
     assert 'role="progressbar"' in page.text
     assert f"Batch of {len(paths)} images" in page.text
     # Refused now: listed with its reason, whether the job has finished yet or not.
@@ -234,7 +229,7 @@ def test_a_batch_of_the_unlabelled_pool(web: TestClient, trees: str) -> None:
     ids = [result["image_id"] for result in expected]
     assert len(ids) == 2 and all(isinstance(image_id, int) for image_id in ids)
     for image_id in ids:
-        assert f'src="/api/v1/models/{trees}/images/{image_id}/thumbnail"' in page
+        assert f'src="/web/models/{trees}/images/{image_id}/thumbnail"' in page
     assert [row[1:3] for row in result_rows(page)] == [
         [result["file"], result["label"]] for result in expected]
     table = list(csv.DictReader(io.StringIO(web.get(f"{response.headers['location']}"

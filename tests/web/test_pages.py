@@ -1,4 +1,4 @@
-"""The web form, driven like a browser with JavaScript off: forms, redirects, the cookie."""
+"""The web form, driven like a browser with JavaScript off: forms, redirects, the session."""
 
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ from app.main import create_app
 from app.ml.evaluate import ONE_IMAGE_NOTE
 from app.services.accounts import create_account
 from app.web import routes as web_routes
+from app.web.csrf import CSRF_FIELD
+from tests.web.forms import page_token, sign_in
 
 DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 TREES = DATASETS / "customvision_trees"
 NOT_AN_IMAGE = DATASETS / "bad_inputs" / "not_an_image.jpg"
-KEY = "nn_web_key_alpha"
+KEY = "nn_web_key_alpha_0123456789abcdef"  # bootstrap keys: 32+ characters
 OTHER_KEY = "nn_web_key_bravo"
 BOUNDARY = "model-test-boundary"
 # What a browser sends for a file input left empty: one part with an empty filename.
@@ -47,9 +49,12 @@ def browser(tmp_path: Path) -> Iterator[TestClient]:
 
 @pytest.fixture
 def signed_in(browser: TestClient) -> TestClient:
-    response = browser.post("/web/sign-in", data={"api_key": KEY}, follow_redirects=False)
-    assert response.status_code == 303
-    return browser
+    return sign_in(browser, KEY)
+
+
+def bearer(key: str = KEY) -> dict[str, str]:
+    """For the API calls that set up or check data: the API takes no web session."""
+    return {"Authorization": f"Bearer {key}"}
 
 
 def photos(label: str) -> list[Path]:
@@ -78,7 +83,7 @@ def upload_via_form(client: TestClient, model_id: str, category: str, paths: lis
 def wait_for_job(client: TestClient, job_id: str, timeout: float = 600) -> dict:  # type: ignore[type-arg]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        response = client.get(f"/api/v1/jobs/{job_id}")  # the sign-in cookie authenticates
+        response = client.get(f"/api/v1/jobs/{job_id}", headers=bearer())
         assert response.status_code == 200, response.text
         job = response.json()
         if job["status"] in ("succeeded", "failed"):
@@ -88,35 +93,41 @@ def wait_for_job(client: TestClient, job_id: str, timeout: float = 600) -> dict:
 
 
 def test_signed_out_visitors_are_sent_to_sign_in(browser: TestClient) -> None:
-    for method, path in [("GET", "/"), ("GET", "/web/models"), ("GET", "/web/models/abc"),
-                         ("POST", "/web/models"), ("POST", "/web/models/abc/train"),
-                         ("POST", "/web/models/abc/delete"), ("GET", "/web/elsewhere")]:
-        response = browser.request(method, path, follow_redirects=False)
-        assert response.status_code == 303, (method, path)
-        assert response.headers["location"] == "/web/sign-in"
     page = browser.get("/web/sign-in")
     assert page.status_code == 200
     assert 'name="api_key"' in page.text
+    token = {CSRF_FIELD: page_token(page.text)}  # a form of the sign-in page's visitor
+    for method, path in [("GET", "/"), ("GET", "/web/models"), ("GET", "/web/models/abc"),
+                         ("POST", "/web/models"), ("POST", "/web/models/abc/train"),
+                         ("POST", "/web/models/abc/delete"), ("GET", "/web/elsewhere")]:
+        response = browser.request(method, path, follow_redirects=False,
+                                   data=token if method == "POST" else None)
+        assert response.status_code == 303, (method, path)
+        assert response.headers["location"] == "/web/sign-in"
     assert browser.get("/static/app.css").status_code == 200
     assert browser.get("/static/app.js").status_code == 200
 
 
 def test_a_wrong_key_is_refused_with_a_401_page(browser: TestClient) -> None:
-    response = browser.post("/web/sign-in", data={"api_key": "nn_not_a_key"},
+    token = {CSRF_FIELD: page_token(browser.get("/web/sign-in").text)}
+    response = browser.post("/web/sign-in", data={"api_key": "nn_not_a_key", **token},
                             follow_redirects=False)
     assert response.status_code == 401
     assert response.headers["content-type"].startswith("text/html")
     assert "This API key is not valid" in response.text
-    assert "nanonet_key" not in response.headers.get("set-cookie", "")
-    assert browser.post("/web/sign-in", data={"api_key": "  "}).status_code == 401
+    assert "nanonet_session" not in response.headers.get("set-cookie", "")
+    assert browser.post("/web/sign-in", data={"api_key": "  ", **token}).status_code == 401
 
 
-def test_signing_in_sets_the_cookie_and_lists_models(browser: TestClient) -> None:
-    response = browser.post("/web/sign-in", data={"api_key": KEY}, follow_redirects=False)
+def test_signing_in_sets_a_session_cookie_and_lists_models(browser: TestClient) -> None:
+    token = {CSRF_FIELD: page_token(browser.get("/web/sign-in").text)}
+    response = browser.post("/web/sign-in", data={"api_key": KEY, **token},
+                            follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"] == "/web/models"
-    cookie = response.headers["set-cookie"].lower()
-    assert cookie.startswith(f"nanonet_key={KEY}")
+    cookie = next(c for c in response.headers.get_list("set-cookie")
+                  if c.startswith("nanonet_session=")).lower()
+    assert KEY.lower() not in cookie  # a signed session token, never the key
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
     assert "secure" not in cookie  # plain http in tests; https would add it
 
@@ -125,9 +136,13 @@ def test_signing_in_sets_the_cookie_and_lists_models(browser: TestClient) -> Non
     assert page.status_code == 200
     assert "No models yet" in page.text and 'action="/web/models"' in page.text
 
-    signed_out = browser.post("/web/sign-out", follow_redirects=False)
+    copied = browser.cookies.get("nanonet_session")
+    signed_out = browser.post("/web/sign-out", data={CSRF_FIELD: page_token(page.text)},
+                              follow_redirects=False)
     assert signed_out.status_code == 303
-    assert 'nanonet_key=""' in signed_out.headers["set-cookie"]
+    assert 'nanonet_session=""' in signed_out.headers["set-cookie"]
+    assert browser.get("/web/models", follow_redirects=False).status_code == 303
+    browser.cookies.set("nanonet_session", copied)  # ended on the server: a copy opens nothing
     assert browser.get("/web/models", follow_redirects=False).status_code == 303
 
 
@@ -239,7 +254,7 @@ def test_train_see_metrics_predict_and_delete(signed_in: TestClient) -> None:
     assert match is not None
     job_id = match.group(1)
     progress_page = signed_in.get(train.headers["location"])
-    assert f'data-job-url="/api/v1/jobs/{job_id}"' in progress_page.text
+    assert f'data-job-url="/web/json/jobs/{job_id}"' in progress_page.text
     assert 'role="progressbar"' in progress_page.text
 
     job = wait_for_job(signed_in, job_id)
@@ -478,8 +493,9 @@ def test_reject_unknown_without_a_detector_is_an_html_409(
 
 
 def image_ids_of(client: TestClient, model_id: str, **query: str) -> dict[str, int]:
-    """{file name: image id} of the model's images, read over the API with the web cookie."""
-    response = client.get(f"/api/v1/models/{model_id}/images", params={"per_page": 100, **query})
+    """{file name: image id} of the model's images, read over the API."""
+    response = client.get(f"/api/v1/models/{model_id}/images", params={"per_page": 100, **query},
+                          headers=bearer())
     assert response.status_code == 200, response.text
     return {item["file_name"]: item["id"] for item in response.json()["items"]}
 
@@ -501,13 +517,15 @@ def test_gallery_pages_moves_and_deletes_images(signed_in: TestClient,
     page = signed_in.get(f"/web/models/{model_id}/images?category=hemlock")
     assert page.status_code == 200
     assert gallery_ids(page.text) == [first, second]
-    assert (f'src="/api/v1/models/{model_id}/images/{first}/thumbnail" alt="{hemlock[0].name}" '
+    assert (f'src="/web/models/{model_id}/images/{first}/thumbnail" alt="{hemlock[0].name}" '
             'loading="lazy"') in page.text
     assert "page 1 of 2" in page.text
     assert gallery_ids(signed_in.get(f"/web/models/{model_id}/images?category=hemlock&page=2"
                                      ).text) == [third]
-    thumbnail = signed_in.get(f"/api/v1/models/{model_id}/images/{first}/thumbnail")
+    thumbnail = signed_in.get(f"/web/models/{model_id}/images/{first}/thumbnail")
     assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
+    assert signed_in.get(f"/web/models/{model_id}/images/{first}/thumbnail", headers={
+        "If-None-Match": thumbnail.headers["etag"]}).status_code == 304
 
     back = {"view": "images", "shown_category": "hemlock", "page": "2"}
     moved = signed_in.post(f"/web/models/{model_id}/images/bulk", follow_redirects=False,
@@ -605,7 +623,8 @@ def test_categories_are_added_renamed_and_deleted_on_the_page(signed_in: TestCli
                              data={"name": "hemlock"})
     assert refused.status_code == 409
     assert "at least 2 categories" in refused.text
-    names = [c["name"] for c in signed_in.get(f"/api/v1/models/{model_id}").json()["categories"]]
+    names = [c["name"] for c in signed_in.get(f"/api/v1/models/{model_id}",
+                                              headers=bearer()).json()["categories"]]
     assert names == ["hemlock", "japanese_cherry"]
 
 
@@ -645,7 +664,7 @@ def test_another_accounts_images_are_404_pages(signed_in: TestClient) -> None:
         assert "secret garden" not in response.text and "roses" not in response.text
     mine = create_via_form(signed_in)  # and their image id is not found through my model either
     assert signed_in.post(f"/web/models/{mine}/images/{image_id}/delete").status_code == 404
-    assert signed_in.post(f"/api/v1/models/{mine}/review/keep",
+    assert signed_in.post(f"/api/v1/models/{mine}/review/keep", headers=bearer(),
                           json={"image_ids": [image_id]}).status_code == 404
     theirs_now = signed_in.get(f"/api/v1/models/{model_id}/images/{image_id}", headers=theirs)
     assert theirs_now.json()["category"] == "roses"
@@ -661,10 +680,10 @@ def test_keep_remembers_the_label_on_the_page_and_over_the_api(signed_in: TestCl
                           data={"image_ids": [ids[hemlock.name]]}, follow_redirects=False)
     assert kept.status_code == 303
     assert kept.headers["location"] == f"/web/models/{model_id}/review"
-    api = signed_in.post(f"/api/v1/models/{model_id}/review/keep",
+    api = signed_in.post(f"/api/v1/models/{model_id}/review/keep", headers=bearer(),
                          json={"image_ids": [ids[cherry.name]]})
     assert api.status_code == 200 and api.json() == {"image_ids": [ids[cherry.name]]}
-    assert signed_in.post(f"/api/v1/models/{model_id}/review/keep",
+    assert signed_in.post(f"/api/v1/models/{model_id}/review/keep", headers=bearer(),
                           json={"image_ids": []}).status_code == 422
     runtime = signed_in.app.state.runtime  # type: ignore[attr-defined]
     with runtime.session_factory() as session:

@@ -17,6 +17,7 @@ from app.services.webhooks import EVENTS
 from tests.api.test_webhooks import verifies
 from tests.conftest import make_settings
 from tests.http_receiver import Receiver
+from tests.web.forms import sign_in, sign_out
 
 KEY = "nn_web_hooks_alpha_0123456789abcdef"  # bootstrap keys: 32+ characters
 OTHER_KEY = "nn_web_hooks_bravo"
@@ -29,9 +30,7 @@ def web(tmp_path: Path) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as client:
         with client.app.state.runtime.session_factory() as session:  # type: ignore[attr-defined]
             create_account(session, name="other", key=OTHER_KEY)
-        assert client.post("/web/sign-in", data={"api_key": KEY},
-                           follow_redirects=False).status_code == 303
-        yield client
+        yield sign_in(client, KEY)
 
 
 def register(web: TestClient, url: str, events: tuple[str, ...] = EVENTS) -> tuple[str, str]:
@@ -131,8 +130,7 @@ def test_settings_change_disable_and_delete(web: TestClient, receiver: Receiver)
 def test_another_accounts_webhook_is_404_and_strangers_sign_in(web: TestClient,
                                                                receiver: Receiver) -> None:
     webhook_id, _ = register(web, receiver.url())
-    web.post("/web/sign-out")
-    web.post("/web/sign-in", data={"api_key": OTHER_KEY})
+    sign_in(sign_out(web), OTHER_KEY)
     assert "No webhooks yet." in web.get("/web/webhooks").text
     for response in (web.get(f"/web/webhooks/{webhook_id}"),
                      web.post(f"/web/webhooks/{webhook_id}/test"),
@@ -140,7 +138,7 @@ def test_another_accounts_webhook_is_404_and_strangers_sign_in(web: TestClient,
                                                                    "events": ["training.failed"]}),
                      web.post(f"/web/webhooks/{webhook_id}/delete")):
         assert response.status_code == 404
-    web.post("/web/sign-out")
+    sign_out(web)
     response = web.get("/web/webhooks", follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"] == "/web/sign-in"
     assert receiver.requests == []

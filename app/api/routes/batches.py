@@ -6,7 +6,8 @@ from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFi
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from app.api.deps import AccountDep, RuntimeDep, SessionDep, check_request_size, read_uploads
+from app.api.deps import AccountDep, RuntimeDep, SessionDep, read_uploads
+from app.api.rate_limits import limit_predictions
 from app.schemas.batches import (
     MAX_BATCHES_PER_PAGE,
     MAX_RESULTS_PER_PAGE,
@@ -19,6 +20,7 @@ from app.schemas.batches import (
     BatchResult,
     batch_fields,
 )
+from app.schemas.bounds import MAX_PAGE
 from app.services import batches as batch_service
 
 router = APIRouter(prefix="/models", tags=["batch predictions"])
@@ -40,8 +42,8 @@ async def pool_request(request: Request) -> BatchRequest | None:
 
 
 @router.post("/{model_id}/batch-predictions", status_code=status.HTTP_202_ACCEPTED,
-             response_model=BatchAccepted, dependencies=[Depends(check_request_size)],
-             openapi_extra=JSON_BODY)
+             response_model=BatchAccepted, openapi_extra=JSON_BODY,
+             dependencies=[Depends(limit_predictions)])
 def create_batch(model_id: str, session: SessionDep, runtime: RuntimeDep, account: AccountDep,
                  body: Annotated[BatchRequest | None, Depends(pool_request)],
                  files: Annotated[list[UploadFile] | None, File()] = None,
@@ -68,7 +70,7 @@ def create_batch(model_id: str, session: SessionDep, runtime: RuntimeDep, accoun
 
 @router.get("/{model_id}/batch-predictions", response_model=BatchPage)
 def list_batches(model_id: str, session: SessionDep, account: AccountDep,
-                 page: Annotated[int, Query(ge=1)] = 1,
+                 page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
                  per_page: Annotated[int, Query(ge=1, le=MAX_BATCHES_PER_PAGE)] = 50
                  ) -> BatchPage:
     """The model's batches, newest first, without their results."""
@@ -80,7 +82,7 @@ def list_batches(model_id: str, session: SessionDep, account: AccountDep,
 
 @router.get("/{model_id}/batch-predictions/{batch_id}", response_model=BatchDetail)
 def read_batch(model_id: str, batch_id: str, session: SessionDep, runtime: RuntimeDep,
-               account: AccountDep, page: Annotated[int, Query(ge=1)] = 1,
+               account: AccountDep, page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
                per_page: Annotated[int, Query(ge=1, le=MAX_RESULTS_PER_PAGE)] = 100
                ) -> BatchDetail:
     """Status and progress; once succeeded, a page of results in input order (`count` in

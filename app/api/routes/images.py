@@ -3,9 +3,22 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    Path,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+    status,
+)
 
-from app.api.deps import AccountDep, RuntimeDep, SessionDep, check_request_size, read_uploads
+from app.api.deps import AccountDep, RuntimeDep, SessionDep, read_uploads
+from app.api.rate_limits import limit_uploads
+from app.schemas.bounds import MAX_INT64, MAX_PAGE, MIN_INT64
 from app.schemas.images import (
     MAX_PER_PAGE,
     BulkRequest,
@@ -17,6 +30,8 @@ from app.schemas.images import (
     UploadResult,
 )
 from app.services import images as image_service
+
+ImageId = Annotated[int, Path(ge=MIN_INT64, le=MAX_INT64)]
 
 router = APIRouter(prefix="/models", tags=["images"])
 
@@ -30,7 +45,7 @@ CACHE_REVALIDATE = "private, no-cache"
 
 
 @router.post("/{model_id}/images", response_model=UploadResponse,
-             dependencies=[Depends(check_request_size)])
+             dependencies=[Depends(limit_uploads)])
 def upload_images(model_id: str, session: SessionDep, runtime: RuntimeDep, account: AccountDep,
                   category: Annotated[str | None, Form()] = None,
                   files: Annotated[list[UploadFile] | None, File()] = None) -> UploadResponse:
@@ -46,7 +61,7 @@ def upload_images(model_id: str, session: SessionDep, runtime: RuntimeDep, accou
 @router.get("/{model_id}/images", response_model=ImagePage)
 def list_images(model_id: str, session: SessionDep, account: AccountDep,
                 category: str | None = None, labelled: bool | None = None,
-                page: Annotated[int, Query(ge=1)] = 1,
+                page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
                 per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 50) -> ImagePage:
     """The model's images in upload order, by category or labelled/unlabelled, a page at once."""
     rows, total = image_service.list_images(session, account=account, model_id=model_id,
@@ -72,7 +87,7 @@ def bulk_images(model_id: str, body: BulkRequest, session: SessionDep, runtime: 
 
 
 @router.get("/{model_id}/images/{image_id}", response_model=ImageOut)
-def get_image(model_id: str, image_id: int, session: SessionDep,
+def get_image(model_id: str, image_id: ImageId, session: SessionDep,
               account: AccountDep) -> ImageOut:
     image, name = image_service.get_image(session, account=account, model_id=model_id,
                                           image_id=image_id)
@@ -80,7 +95,7 @@ def get_image(model_id: str, image_id: int, session: SessionDep,
 
 
 @router.patch("/{model_id}/images/{image_id}", response_model=ImageOut)
-def update_image(model_id: str, image_id: int, body: ImageUpdate, session: SessionDep,
+def update_image(model_id: str, image_id: ImageId, body: ImageUpdate, session: SessionDep,
                  account: AccountDep) -> ImageOut:
     """Move the image to another category, or with `"category": null` back to the pool."""
     [(image, name)] = image_service.move_images(session, account=account, model_id=model_id,
@@ -89,7 +104,7 @@ def update_image(model_id: str, image_id: int, body: ImageUpdate, session: Sessi
 
 
 @router.delete("/{model_id}/images/{image_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_image(model_id: str, image_id: int, session: SessionDep, runtime: RuntimeDep,
+def delete_image(model_id: str, image_id: ImageId, session: SessionDep, runtime: RuntimeDep,
                  account: AccountDep) -> Response:
     image_service.delete_images(session, runtime, account=account, model_id=model_id,
                                 image_ids=[image_id])
@@ -98,7 +113,7 @@ def delete_image(model_id: str, image_id: int, session: SessionDep, runtime: Run
 
 @router.get("/{model_id}/images/{image_id}/thumbnail", response_class=Response,
             responses={200: {"content": {"image/jpeg": {}}}})
-def get_thumbnail(model_id: str, image_id: int, request: Request, session: SessionDep,
+def get_thumbnail(model_id: str, image_id: ImageId, request: Request, session: SessionDep,
                   runtime: RuntimeDep, account: AccountDep,
                   v: Annotated[str | None, Query(description="the content version that "
                                                  "`thumbnail_url` carries")] = None) -> Response:
@@ -115,7 +130,7 @@ def get_thumbnail(model_id: str, image_id: int, request: Request, session: Sessi
 
 @router.get("/{model_id}/images/{image_id}/original", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}})
-def get_original(model_id: str, image_id: int, session: SessionDep, runtime: RuntimeDep,
+def get_original(model_id: str, image_id: ImageId, session: SessionDep, runtime: RuntimeDep,
                  account: AccountDep) -> Response:
     """The file exactly as uploaded, as a download."""
     image, data = image_service.image_original(session, runtime, account=account,

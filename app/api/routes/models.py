@@ -10,9 +10,10 @@ router = APIRouter(prefix="/models", tags=["models"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelOut)
-def create_model(body: ModelCreate, session: SessionDep, account: AccountDep) -> ModelOut:
-    model = model_service.create_model(session, account=account, name=body.name,
-                                      categories=body.categories)
+def create_model(body: ModelCreate, session: SessionDep, runtime: RuntimeDep,
+                 account: AccountDep) -> ModelOut:
+    model = model_service.create_model(session, settings=runtime.settings, account=account,
+                                      name=body.name, categories=body.categories)
     return ModelOut.build(model, {})
 
 

@@ -4,7 +4,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 
-from app.api.deps import AccountDep, RuntimeDep, SessionDep, check_request_size, read_uploads
+from app.api.deps import AccountDep, RuntimeDep, SessionDep, read_uploads
+from app.api.rate_limits import limit_predictions
 from app.schemas.predictions import PredictResponse, PredictResult
 from app.services.predictions import predict
 
@@ -12,7 +13,7 @@ router = APIRouter(prefix="/models", tags=["predict"])
 
 
 @router.post("/{model_id}/predict", response_model=PredictResponse,
-             dependencies=[Depends(check_request_size)])
+             dependencies=[Depends(limit_predictions)])
 def predict_images(model_id: str, session: SessionDep, runtime: RuntimeDep, account: AccountDep,
                    files: Annotated[list[UploadFile] | None, File()] = None,
                    reject_unknown: bool = False,

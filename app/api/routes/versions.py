@@ -2,20 +2,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 
 from app.api.deps import AccountDep, RuntimeDep, SessionDep
+from app.schemas.bounds import MAX_INT64, MAX_PAGE, MIN_INT64
 from app.schemas.images import MAX_PER_PAGE
 from app.schemas.models import ActivateOut, VersionDetail, VersionList, VersionOut
 from app.services import versions as version_service
 from app.services.models import get_model
+
+VersionNumber = Annotated[int, Path(ge=MIN_INT64, le=MAX_INT64)]
 
 router = APIRouter(prefix="/models", tags=["versions"])
 
 
 @router.get("/{model_id}/versions", response_model=VersionList)
 def list_versions(model_id: str, session: SessionDep, account: AccountDep,
-                  page: Annotated[int, Query(ge=1)] = 1,
+                  page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
                   per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 50) -> VersionList:
     """Every training run of the model, newest first: status, metrics, activation."""
     model = get_model(session, account=account, model_id=model_id)
@@ -29,7 +32,7 @@ def list_versions(model_id: str, session: SessionDep, account: AccountDep,
 
 
 @router.get("/{model_id}/versions/{number}", response_model=VersionDetail)
-def read_version(model_id: str, number: int, session: SessionDep,
+def read_version(model_id: str, number: VersionNumber, session: SessionDep,
                  account: AccountDep) -> VersionDetail:
     """One version: settings, metrics, the images (ids, hashes, labels) it was trained on, and
     what changed since the version before."""
@@ -39,7 +42,7 @@ def read_version(model_id: str, number: int, session: SessionDep,
 
 
 @router.post("/{model_id}/versions/{number}/activate", response_model=ActivateOut)
-def activate(model_id: str, number: int, session: SessionDep, runtime: RuntimeDep,
+def activate(model_id: str, number: VersionNumber, session: SessionDep, runtime: RuntimeDep,
              account: AccountDep) -> ActivateOut:
     """Make this version the one that answers, at once: rollback needs no retraining."""
     model, version, changed = version_service.activate_version(
@@ -49,7 +52,7 @@ def activate(model_id: str, number: int, session: SessionDep, runtime: RuntimeDe
 
 
 @router.delete("/{model_id}/versions/{number}", status_code=status.HTTP_204_NO_CONTENT)
-def delete(model_id: str, number: int, session: SessionDep, runtime: RuntimeDep,
+def delete(model_id: str, number: VersionNumber, session: SessionDep, runtime: RuntimeDep,
            account: AccountDep) -> Response:
     """Delete an inactive version and its files."""
     version_service.delete_version(session, runtime, account=account, model_id=model_id,

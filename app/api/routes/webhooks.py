@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from app.api.deps import AccountDep, RuntimeDep, SessionDep
+from app.schemas.bounds import MAX_PAGE
 from app.schemas.webhooks import (
     MAX_PER_PAGE,
     DeliveryOut,
@@ -20,7 +21,7 @@ from app.services import webhooks as webhook_service
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
-Page = Annotated[int, Query(ge=1)]
+Page = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 PerPage = Annotated[int, Query(ge=1, le=MAX_PER_PAGE)]
 
 

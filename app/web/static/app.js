@@ -6,9 +6,16 @@
   var BATCH = 10;
   var FINISHED = { succeeded: true, failed: true };
 
+  // The page's CSRF token: the web routes refuse a state-changing request without it.
+  function csrfToken() {
+    var meta = document.querySelector("meta[name=csrf-token]");
+    return meta ? meta.content : "";
+  }
+
   function errorMessage(body, status) {
     if (body && body.error && body.error.message) return body.error.message;
     if (status === 401) return "You are signed out; sign in again.";
+    if (status === 403) return "Refused: reload the page and try again.";
     return "The upload failed (HTTP " + status + ").";
   }
 
@@ -45,7 +52,7 @@
     files.forEach(function (file) { form.append("files", file, file.name); });
     return fetch(zone.dataset.uploadUrl, {
       method: "POST", body: form, credentials: "same-origin",
-      headers: { Accept: "application/json" }
+      headers: { Accept: "application/json", "X-CSRF-Token": csrfToken() }
     }).then(function (response) {
       return response.json().catch(function () { return null; }).then(function (body) {
         var results = response.ok ? body.results
@@ -97,7 +104,8 @@
     }
   }
 
-  function enhanceDropzone(zone) {
+  // Highlight `zone` while files are dragged over it; hand dropped files to `onDrop`.
+  function acceptDrops(zone, onDrop) {
     var depth = 0;
     zone.addEventListener("dragenter", function (event) {
       event.preventDefault();
@@ -116,8 +124,12 @@
       event.preventDefault();
       depth = 0;
       zone.classList.remove("is-dragover");
-      uploadFiles(zone, event.dataTransfer.files);
+      onDrop(event.dataTransfer.files);
     });
+  }
+
+  function enhanceDropzone(zone) {
+    acceptDrops(zone, function (files) { uploadFiles(zone, files); });
     var form = zone.querySelector("form");
     var input = zone.querySelector("input[type=file]");
     if (form && input && window.fetch && window.FormData) {
@@ -174,7 +186,7 @@
       box.dataset.status = job.status;
       percent.textContent = value + "%";
       bar.setAttribute("aria-valuenow", String(value));
-      bar.firstElementChild.style.width = (job.progress * 100).toFixed(1) + "%";
+      bar.querySelector("rect").setAttribute("width", (job.progress * 100).toFixed(1));
       if (job.error && job.status !== "succeeded") {
         error.textContent = job.error;
         error.hidden = false;
@@ -210,6 +222,15 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     Array.prototype.forEach.call(document.querySelectorAll("[data-dropzone]"), enhanceDropzone);
+    // "Classify many": dropped files become the form's chosen files, which it then posts.
+    Array.prototype.forEach.call(document.querySelectorAll("[data-batch-drop]"), function (zone) {
+      var input = zone.querySelector("input[type=file]");
+      acceptDrops(zone, function (files) { if (files.length) input.files = files; });
+    });
+    // A chart shrinks with the page down to its floor (charts.py), then scrolls sideways.
+    Array.prototype.forEach.call(document.querySelectorAll("svg[data-min-width]"), function (svg) {
+      svg.style.minWidth = svg.dataset.minWidth + "px";
+    });
     Array.prototype.forEach.call(document.querySelectorAll("form[data-confirm]"), function (form) {
       form.addEventListener("submit", function (event) {
         if (!window.confirm(form.dataset.confirm)) event.preventDefault();
@@ -231,38 +252,3 @@
     }
   });
 })();
-
-// batch page: files dropped on the "Classify many" zone become the form's chosen files; the
-// form then posts them like any other (Classify these files), so nothing here is needed for it.
-(function () {
-  "use strict";
-
-  function enhanceBatchDrop(zone) {
-    var input = zone.querySelector("input[type=file]");
-    var depth = 0;
-    zone.addEventListener("dragenter", function (event) {
-      event.preventDefault();
-      depth += 1;
-      zone.classList.add("is-dragover");
-    });
-    zone.addEventListener("dragover", function (event) {
-      event.preventDefault();
-      event.dataTransfer.dropEffect = "copy";
-    });
-    zone.addEventListener("dragleave", function () {
-      depth = Math.max(0, depth - 1);
-      if (!depth) zone.classList.remove("is-dragover");
-    });
-    zone.addEventListener("drop", function (event) {
-      event.preventDefault();
-      depth = 0;
-      zone.classList.remove("is-dragover");
-      if (event.dataTransfer.files.length) input.files = event.dataTransfer.files;
-    });
-  }
-
-  document.addEventListener("DOMContentLoaded", function () {
-    Array.prototype.forEach.call(document.querySelectorAll("[data-batch-drop]"), enhanceBatchDrop);
-  });
-})();
-// end batch page

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(default=2, ge=1, le=10)
     redis_url: str = "redis://localhost:6379/0"
     job_queue: str = Field(default="cpu", description="Celery queue the API sends jobs to")
+    job_routes: dict[str, str] = Field(
+        default_factory=dict,
+        description="Celery queue per job kind (`train`, `extract`, `batch_predict`), as JSON, "
+                    "e.g. {\"train\": \"gpu\"}; a kind not named goes to job_queue")
     job_visibility_timeout: int = Field(
         default=6 * 3600, ge=60,
         description="Seconds a Celery job may stay unacknowledged before Redis hands it to "
@@ -60,6 +64,17 @@ class Settings(BaseSettings):
         default=5, gt=0, le=600,
         description="seconds before a job held back by its account's cap is tried again")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    engine: Literal["auto", "onnx", "torch"] = Field(
+        default="auto",
+        description="what runs the backbones: `onnx` (ONNX Runtime, CPU only), `torch`, or "
+                    "`auto`: ONNX Runtime on a CPU, torch on a GPU")
+    onnx_threads: int | None = Field(
+        default=None, ge=1,
+        description="intra-op threads of each ONNX Runtime session; unset: every core")
+    engine_cache_dir: Path | None = Field(
+        default=None,
+        description="where the ONNX exports of the backbones are kept (one per weights hash "
+                    "and export recipe); unset: `engines` in the data dir")
     torch_threads: int | None = Field(
         default=None, ge=1,
         description="torch intra-op and inter-op threads, set once per process at startup; "
@@ -120,12 +135,22 @@ class Settings(BaseSettings):
     inference_wait_seconds: float = Field(
         default=10, ge=0, le=300,
         description="seconds a predict request waits for an inference slot before its 503 busy")
+    microbatch_window_ms: float = Field(
+        default=2.0, ge=0, le=100,
+        description="milliseconds a predict waits for others to share one backbone call; 0 "
+                    "runs each request alone")
+    microbatch_max_size: int = Field(
+        default=32, ge=1, le=256,
+        description="most images in one shared backbone call of concurrent predicts")
 
     bootstrap_api_key: SecretStr | None = None
     create_first_account: bool = Field(
         default=True, description="on a first start with no account, create one and print its key"
     )
-    head_cache_size: int = Field(default=256, ge=1)
+    head_cache_bytes: int = Field(
+        default=256 * MiB, ge=1,
+        description="memory the loaded heads may take in each process; least recently used "
+                    "heads are dropped past it and read again from their files when asked for")
     keep_versions: int = Field(
         default=10, ge=1,
         description="versions kept per model; the oldest inactive ones and their files go first")
@@ -236,6 +261,10 @@ class Settings(BaseSettings):
     @property
     def thumbnails_dir(self) -> Path:
         return self.data_dir / "thumbnails"
+
+    @property
+    def engines_dir(self) -> Path:
+        return self.engine_cache_dir or self.data_dir / "engines"
 
     @property
     def models_dir(self) -> Path:

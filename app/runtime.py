@@ -22,6 +22,7 @@ from app.storage import BlobStore
 
 if TYPE_CHECKING:
     from app.ml.cache import FeatureCache
+    from app.ml.engines import Runner
     from app.ml.heads import Head
 
 
@@ -104,6 +105,8 @@ class Runtime:
     inference: InferenceSlots
     queue: JobQueue | None = None
     _features: FeatureCache | None = field(default=None, repr=False)
+    _runner: Runner | None = field(default=None, repr=False)
+    _runner_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def features(self) -> FeatureCache:
@@ -114,8 +117,17 @@ class Runtime:
         return self._features
 
     @property
-    def device(self) -> str:
-        return self.settings.torch_device
+    def runner(self) -> Runner:
+        """What runs the backbones in this process (app.ml.engines), made on first use."""
+        with self._runner_lock:
+            if self._runner is None:
+                from app.ml.engines import make_runner
+
+                settings = self.settings
+                self._runner = make_runner(settings.torch_device, settings.engines_dir,
+                                           engine=settings.engine,
+                                           threads=settings.onnx_threads)
+            return self._runner
 
     def close(self) -> None:
         if self.queue is not None:
@@ -141,7 +153,7 @@ def build_runtime(settings: Settings) -> Runtime:
         engine=engine,
         session_factory=session_factory,
         blobs=BlobStore(settings.images_dir),
-        heads=HeadCache(settings.head_cache_size),
+        heads=HeadCache(settings.head_cache_bytes),
         secret=secret,
         inference=InferenceSlots(settings.inference_slots, wait=settings.inference_wait_seconds),
     )

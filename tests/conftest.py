@@ -4,6 +4,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,10 @@ DATASETS = ROOT.parent / "shared" / "datasets"
 BAD_INPUTS = DATASETS / "bad_inputs"
 TREES = DATASETS / "customvision_trees"
 API_KEY = "nn_test_key_alpha_0123456789abcdef"  # bootstrap keys: 32+ characters
+# One folder of ONNX exports for the whole run and every server a test starts (they inherit the
+# environment): exporting a backbone takes seconds, its file is keyed by weights and recipe.
+ENGINES = Path(tempfile.gettempdir()) / "nanonet-test-engines"
+os.environ.setdefault("NANONET_ENGINE_CACHE_DIR", str(ENGINES))
 OTHER_KEY = "nn_test_key_bravo"
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from app.ml.augment import augment
 from app.ml.backbones import components, get_network
+from app.ml.engines import Runner
 from app.ml.features import assemble, extract_features
 from app.storage import atomic_writer
 
@@ -122,7 +123,7 @@ class FeatureCache:
         *,
         view: int = 0,
         batch_size: int = 16,
-        device: str = "cpu",
+        runner: Runner | None = None,
     ) -> np.ndarray:
         """Return (N, dim) float32 features of one view in item order; only misses are computed.
 
@@ -130,7 +131,7 @@ class FeatureCache:
         from augment(image, image_hash=..., view=view). Raise BackboneUnavailable or ValueError.
         """
         return self.views_for(
-            [backbone], items, views=[view], batch_size=batch_size, device=device
+            [backbone], items, views=[view], batch_size=batch_size, runner=runner
         )[backbone][:, 0]
 
     def views_for(
@@ -140,7 +141,7 @@ class FeatureCache:
         *,
         views: Sequence[int],
         batch_size: int = 16,
-        device: str = "cpu",
+        runner: Runner | None = None,
         progress: Callable[[float], None] | None = None,
     ) -> dict[str, np.ndarray]:
         """Return {backbone: (N, len(views), dim) float32} for plain or composite backbones.
@@ -193,7 +194,7 @@ class FeatureCache:
                     if not needed:
                         continue
                     vectors = extract_features(
-                        name, [images[h] for h in needed], batch_size=batch_size, device=device
+                        name, [images[h] for h in needed], batch_size=batch_size, runner=runner
                     )
                     for image_hash, vector in zip(needed, vectors, strict=True):
                         self.put(image_hash, name, vector, view=view)

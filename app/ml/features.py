@@ -12,9 +12,9 @@ from app.ml.backbones import (
     component_weights,
     components,
     get_network,
-    load_backbone,
     preprocess,
 )
+from app.ml.engines import Runner, TorchRunner
 
 
 def extract_features(
@@ -22,28 +22,28 @@ def extract_features(
     images: Sequence[Image.Image],
     *,
     batch_size: int = 16,
-    device: str = "cpu",
+    runner: Runner | None = None,
 ) -> np.ndarray:
     """Return (N, dim) float32 pooled features of RGB images; raise BackboneUnavailable.
 
-    A composite backbone gives its components' features side by side (see assemble).
+    `runner` runs the network (app.ml.engines; default: torch on the CPU). A composite
+    backbone gives its components' features side by side (see assemble).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len(components(backbone)) > 1:
-        return extract_features_many([backbone], images, batch_size=batch_size, device=device)[
+        return extract_features_many([backbone], images, batch_size=batch_size, runner=runner)[
             backbone
         ]
     network = get_network(backbone)
     out = np.empty((len(images), network.dim), dtype=np.float32)
     if not images:
         return out
-    model = load_backbone(backbone, device)
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            batch = torch.stack([preprocess(network, image) for image in chunk]).to(device)
-            out[start : start + len(chunk)] = model(batch).float().cpu().numpy()
+    runner = runner or TorchRunner("cpu")
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        batch = torch.stack([preprocess(network, image) for image in chunk]).numpy()
+        out[start : start + len(chunk)] = runner.run(backbone, batch)
     return out
 
 
@@ -52,12 +52,12 @@ def extract_features_many(
     images: Sequence[Image.Image],
     *,
     batch_size: int = 16,
-    device: str = "cpu",
+    runner: Runner | None = None,
 ) -> dict[str, np.ndarray]:
     """Return {backbone: (N, dim) float32}, running each plain component network once."""
     plain = list(dict.fromkeys(part for name in backbones for part in components(name)))
     blocks = {
-        part: extract_features(part, images, batch_size=batch_size, device=device)
+        part: extract_features(part, images, batch_size=batch_size, runner=runner)
         for part in plain
     }
     return {name: assemble(name, blocks) for name in backbones}

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from app.ml.engines import Runner
 from app.ml.features import extract_features_many
 from app.ml.heads import Head
 from app.ml.unknown import unknown_mask
@@ -19,7 +20,7 @@ def classify(
     images: Sequence[Image.Image],
     *,
     batch_size: int = 16,
-    device: str = "cpu",
+    runner: Runner | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ((N, n_classes) probabilities, (N,) unknown flags) for decoded RGB images.
 
@@ -30,7 +31,7 @@ def classify(
     """
     detector = meta.get("unknown")
     backbones = [meta["backbone"]] + ([detector["backbone"]] if detector else [])
-    features = extract_features_many(backbones, images, batch_size=batch_size, device=device)
+    features = extract_features_many(backbones, images, batch_size=batch_size, runner=runner)
     probabilities = head.predict_proba(features[meta["backbone"]])
     if not detector:
         return probabilities, np.zeros(len(images), dtype=bool)

@@ -63,7 +63,7 @@ def extract(runtime: Runtime, digests: list[str], *, backbones: list[str], views
     items = [(digest, image_loader(runtime, digest)) for digest in digests]
     features = runtime.features.views_for(
         backbones, items, views=range(views), batch_size=settings.feature_batch_size,
-        device=runtime.device, progress=progress)
+        runner=runtime.runner, progress=progress)
     if progress is not None:
         progress(1.0)
     return features

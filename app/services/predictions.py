@@ -90,7 +90,7 @@ def label_with(runtime: Runtime, head: Head, meta: dict[str, Any],
     used = meta if reject_unknown else {**meta, "unknown": None}
     probabilities, unknown = classify(head, used, images,
                                       batch_size=runtime.settings.feature_batch_size,
-                                      device=runtime.device)
+                                      runner=runtime.runner)
     labelled = []
     for predictions, is_unknown in zip(top_predictions(probabilities, meta["labels"]), unknown,
                                        strict=True):

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app.ml import features
+from app.ml import backbones
 from app.ml.backbones import BackboneUnavailable
 from app.ml.features import extract_features
 from tests.ml.conftest import DATASETS, dataset_rows, image_loader
@@ -25,7 +25,7 @@ class _MeanPool(torch.nn.Module):
 @pytest.fixture
 def fake_backbone(monkeypatch):
     model = _MeanPool()
-    monkeypatch.setattr(features, "load_backbone", lambda name, device="cpu": model)
+    monkeypatch.setattr(backbones, "load_backbone", lambda name, device="cpu": model)
     return model
 
 

@@ -181,8 +181,8 @@ def load_backbone(name: str, device: str = "cpu") -> torch.nn.Module:
         return model
 
 
-def preprocess(network: Network, image: Image.Image) -> torch.Tensor:
-    """Return the normalised (3, S, S) float32 input tensor for one RGB image."""
+def preprocess_array(network: Network, image: Image.Image) -> np.ndarray:
+    """Return the normalised (3, S, S) float32 input array for one RGB image."""
     if image.mode != "RGB":
         image = image.convert("RGB")
     image = center_crop_resize(
@@ -195,4 +195,9 @@ def preprocess(network: Network, image: Image.Image) -> torch.Tensor:
     mean = np.asarray(network.mean, dtype=np.float32)
     std = np.asarray(network.std, dtype=np.float32)
     pixels = (pixels - mean) / std
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def preprocess(network: Network, image: Image.Image) -> torch.Tensor:
+    """Return the normalised (3, S, S) float32 input tensor for one RGB image."""
+    return torch.from_numpy(preprocess_array(network, image))

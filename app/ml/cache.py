@@ -7,15 +7,16 @@ import re
 import struct
 import zlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from app.ml.augment import augment
-from app.ml.backbones import components, get_network
+from app.ml.backbones import components, get_network, preprocess_array
 from app.ml.engines import Runner
-from app.ml.features import assemble, extract_features
+from app.ml.features import assemble, run_network
 from app.storage import atomic_writer
 
 # Hashes and backbone names become path components: allow nothing that could climb or nest.
@@ -181,25 +182,51 @@ class FeatureCache:
                         missing.append(name)
                 plan[image_hash] = ([row], load_image, missing)
             plans.append(plan)
-        total = sum(len(m) for plan in plans for _, _, m in plan.values())
+        # Per image: its loader and the (view index, plain backbone) pairs it lacks.
+        wanted: dict[str, tuple[Callable[[], Image.Image], list[tuple[int, str]]]] = {}
+        for v, plan in enumerate(plans):
+            for image_hash, (_, load_image, missing) in plan.items():
+                if missing:
+                    entry = wanted.setdefault(image_hash, (load_image, []))
+                    entry[1].extend((v, name) for name in missing)
+        total = sum(len(pairs) for _, pairs in wanted.values())
+        hashes = list(wanted)
+        chunks = [hashes[i : i + batch_size] for i in range(0, len(hashes), batch_size)]
+        networks = {name: get_network(name) for name in plain}
+
+        def prepare(chunk: list[str]) -> dict[str, tuple[list[tuple[str, int]], np.ndarray]]:
+            """Decode each image of the chunk once, make its views, preprocess them for every
+            backbone that lacks them: {backbone: ([(hash, view index)], (n, 3, S, S) batch)}."""
+            keys: dict[str, list[tuple[str, int]]] = {name: [] for name in plain}
+            arrays: dict[str, list[np.ndarray]] = {name: [] for name in plain}
+            for image_hash in chunk:
+                load_image, pairs = wanted[image_hash]
+                image = load_image()
+                for v in sorted({v for v, _ in pairs}):
+                    view_image = augment(image, image_hash=image_hash, view=views[v])
+                    for name in (name for pv, name in pairs if pv == v):
+                        keys[name].append((image_hash, v))
+                        arrays[name].append(preprocess_array(networks[name], view_image))
+            return {name: (keys[name], np.stack(arrays[name])) for name in plain if keys[name]}
+
+        # A bounded pipeline: one thread decodes and preprocesses the next chunk while the
+        # engine (which releases the GIL) runs this one; at most two chunks are in memory.
         done = 0
-        for v, (view, plan) in enumerate(zip(views, plans, strict=True)):
-            hashes = [h for h, (_, _, missing) in plan.items() if missing]
-            # Load images one batch at a time so a large upload never sits decoded in memory.
-            for start in range(0, len(hashes), batch_size):
-                chunk = hashes[start : start + batch_size]
-                images = {h: augment(plan[h][1](), image_hash=h, view=view) for h in chunk}
-                for name in plain:
-                    needed = [h for h in chunk if name in plan[h][2]]
-                    if not needed:
-                        continue
-                    vectors = extract_features(
-                        name, [images[h] for h in needed], batch_size=batch_size, runner=runner
-                    )
-                    for image_hash, vector in zip(needed, vectors, strict=True):
-                        self.put(image_hash, name, vector, view=view)
-                        found[name][plan[image_hash][0], v] = vector
-                    done += len(needed)
-                    if progress is not None:
-                        progress(done / total)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nanonet-decode") as pool:
+            upcoming = pool.submit(prepare, chunks[0]) if chunks else None
+            for index in range(len(chunks)):
+                assert upcoming is not None
+                prepared = upcoming.result()
+                upcoming = pool.submit(prepare, chunks[index + 1]) \
+                    if index + 1 < len(chunks) else None
+                for name, (keys, batch) in prepared.items():
+                    for start in range(0, len(keys), batch_size):
+                        part = keys[start : start + batch_size]
+                        vectors = run_network(name, batch[start : start + batch_size], runner)
+                        for (image_hash, v), vector in zip(part, vectors, strict=True):
+                            self.put(image_hash, name, vector, view=views[v])
+                            found[name][plans[v][image_hash][0], v] = vector
+                        done += len(part)
+                        if progress is not None:
+                            progress(done / total)
         return {name: assemble(name, found) for name in backbones}

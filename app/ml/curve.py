@@ -33,6 +33,14 @@ rows; the caller closes over features, labels and the chosen backbone and head, 
 stays model-agnostic. Column j is the probability of label value j.
 """
 
+FitPredictMany = Callable[[Sequence[tuple[np.ndarray, np.ndarray]]], Sequence[np.ndarray]]
+"""fit_predict_many([(train_rows, val_rows), ...]) -> one fit_predict answer per pair.
+
+The same as calling fit_predict per pair; given, learning_curve makes every draw first and
+calls it once, so a caller can fit all of them in one batched optimiser run (150 separate
+L-BFGS runs cost 7.7 s of a 245-image training, one joint run a fraction: docs/EXPERIMENTS.md).
+"""
+
 # Keeps a learning curve to seconds, not minutes. Plans above it first lose repeats (the folds
 # still give a spread), then sizes (see _plan). The floor is two sizes with one draw per fold,
 # so the cap holds for any max_folds <= MAX_FITS // 2.
@@ -75,15 +83,20 @@ def default_sizes(largest: int) -> list[int]:
 
 def learning_curve(
     labels: np.ndarray,
-    fit_predict: FitPredict,
+    fit_predict: FitPredict | None,
     *,
     seed: int = 0,
     max_folds: int = 5,
     repeats: int = 3,
     sizes: Sequence[int] | None = None,
+    fit_predict_many: FitPredictMany | None = None,
 ) -> list[dict[str, Any]]:
-    """Return accuracy by training images per class, subsampled inside stratified CV folds."""
+    """Return accuracy by training images per class, subsampled inside stratified CV folds.
+
+    Give `fit_predict` or `fit_predict_many` (which takes precedence)."""
     labels = _check_labels(labels)
+    if fit_predict is None and fit_predict_many is None:
+        raise ValueError("give fit_predict or fit_predict_many")
     if max_folds < 2:
         raise ValueError(f"max_folds must be >= 2, got {max_folds}")
     if repeats < 1:
@@ -108,7 +121,7 @@ def learning_curve(
     n_sizes, n_repeats = _plan(wanted, train_counts, repeats)
 
     rng = np.random.default_rng(seed)
-    accuracies: dict[int, list[float]] = {n: [] for n in n_sizes}
+    draws: list[tuple[int, np.ndarray, np.ndarray]] = []  # (n, training rows, validation rows)
     for train, val in folds:
         by_class = [train[labels[train] == k] for k in classes]
         seen: set[tuple[int, ...]] = set()
@@ -122,7 +135,18 @@ def learning_curve(
                 if key in seen:
                     continue  # n covers whole classes: every repeat draws the same rows
                 seen.add(key)
-                accuracies[n].append(_accuracy(fit_predict, rows, val, labels))
+                draws.append((n, rows, val))
+    pairs = [(rows, val) for _, rows, val in draws]
+    if fit_predict_many is not None:
+        answers = list(fit_predict_many(pairs))
+        if len(answers) != len(pairs):
+            raise ValueError(f"fit_predict_many gave {len(answers)} answers for {len(pairs)}")
+    else:
+        assert fit_predict is not None
+        answers = [fit_predict(rows, val) for rows, val in pairs]
+    accuracies: dict[int, list[float]] = {n: [] for n in n_sizes}
+    for (n, _, val), answer in zip(draws, answers, strict=True):
+        accuracies[n].append(_accuracy(answer, val, labels))
     return [
         {
             "images_per_class": int(n),
@@ -170,10 +194,8 @@ def _plan(sizes: list[int], train_counts: np.ndarray, repeats: int) -> tuple[lis
     return chosen, repeats
 
 
-def _accuracy(
-    fit_predict: FitPredict, train: np.ndarray, val: np.ndarray, labels: np.ndarray
-) -> float:
-    probabilities = np.asarray(fit_predict(train, val))
+def _accuracy(answer: np.ndarray, val: np.ndarray, labels: np.ndarray) -> float:
+    probabilities = np.asarray(answer)
     if probabilities.ndim != 2 or len(probabilities) != len(val):
         raise ValueError(
             f"fit_predict must return ({len(val)}, n_classes) probabilities, "
@@ -355,14 +377,15 @@ def advice(
 
 def summarize(
     labels: np.ndarray,
-    fit_predict: FitPredict,
+    fit_predict: FitPredict | None,
     *,
     accuracy: float,
     seed: int = 0,
+    fit_predict_many: FitPredictMany | None = None,
 ) -> dict[str, Any]:
     """Return {"points", "projection", "curve", "advice"}, JSON-serialisable."""
     labels = _check_labels(labels)
-    points = learning_curve(labels, fit_predict, seed=seed)
+    points = learning_curve(labels, fit_predict, seed=seed, fit_predict_many=fit_predict_many)
     curve = fit_curve(points)
     # The deployed model trains on every image, so projections start from the full set's count.
     counts = np.unique(labels, return_counts=True)[1]

@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from app.ml.backbones import (
     component_weights,
     components,
     get_network,
-    preprocess,
+    preprocess_array,
 )
 from app.ml.engines import Runner, TorchRunner
 
@@ -39,12 +38,20 @@ def extract_features(
     out = np.empty((len(images), network.dim), dtype=np.float32)
     if not images:
         return out
-    runner = runner or TorchRunner("cpu")
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        batch = torch.stack([preprocess(network, image) for image in chunk]).numpy()
-        out[start : start + len(chunk)] = runner.run(backbone, batch)
+        batch = np.stack([preprocess_array(network, image) for image in chunk])
+        out[start : start + len(chunk)] = run_network(backbone, batch, runner)
     return out
+
+
+def run_network(backbone: str, batch: np.ndarray, runner: Runner | None = None) -> np.ndarray:
+    """Return (n, dim) features of a preprocessed (n, 3, S, S) batch of a plain backbone;
+    `runner` default: torch on the CPU."""
+    return (runner or _DEFAULT_RUNNER).run(backbone, batch)
+
+
+_DEFAULT_RUNNER = TorchRunner("cpu")
 
 
 def extract_features_many(

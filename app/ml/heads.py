@@ -215,7 +215,10 @@ def fit_logistic_many(
     if not (l2s > 0).all():
         raise ValueError(f"every l2 must be > 0, got {l2s.tolist()}")
 
-    with _single_threaded():
+    # A joint run over many problems is big matrix products, which use every core torch may;
+    # a small one is thousands of tiny ops, which do not (measured: docs/EXPERIMENTS.md).
+    rows = int(train_masks.shape[1]) * len(problems)
+    with _fit_threads(joint=rows >= _JOINT_ROWS):
         return _fit_many(features, labels, train_masks, folds, l2s, n_classes, max_iter)
 
 
@@ -291,16 +294,23 @@ def _fit_many(
 _threads_lock = threading.Lock()
 
 
+# Rows x problems from which a fit runs on torch's usual threads: 150 curve problems of 735
+# rows fit in 2.5 s on 2 threads against 3.4 s on one; a single head on a few hundred rows
+# stays on one.
+_JOINT_ROWS = 20_000
+
+
 @contextlib.contextmanager
-def _single_threaded() -> Iterator[None]:
-    """Run torch on one intra-op thread, restoring the previous count afterwards."""
+def _fit_threads(*, joint: bool) -> Iterator[None]:
+    """Run torch on one intra-op thread (or, `joint`, the process's count), restoring the
+    previous count afterwards."""
     # A fit is thousands of tiny ops, and on a busy machine each multi-threaded one waits for a
     # descheduled worker thread (docs/EXPERIMENTS.md, "Threads"). The thread count is
     # process-wide, so fits are serialised to restore it correctly; other torch work in the
     # process meanwhile also runs on one thread.
     with _threads_lock:
         previous = torch.get_num_threads()
-        torch.set_num_threads(1)
+        torch.set_num_threads(previous if joint else 1)
         try:
             yield
         finally:

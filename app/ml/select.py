@@ -108,6 +108,28 @@ def fit_candidate(
     raise ValueError(f"unknown head kind {candidate.head!r}; expected one of {sorted(HEAD_KINDS)}")
 
 
+def fit_candidate_many(
+    candidate: Candidate,
+    features: np.ndarray,
+    labels: np.ndarray,
+    row_sets: Sequence[np.ndarray],
+    *,
+    n_classes: int,
+) -> list[Head]:
+    """Return fit_candidate(candidate, features[rows], labels[rows]) for each set of image rows;
+    logistic heads are fitted in one joint L-BFGS run (see fit_logistic_many)."""
+    if candidate.head != "logistic":
+        return [fit_candidate(candidate, features[rows], labels[rows], n_classes=n_classes)
+                for rows in row_sets]
+    if not row_sets:
+        return []
+    x, y, images = _flatten(features, labels)
+    masks = np.stack([np.isin(images, rows) for rows in row_sets])
+    l2 = _required_l2(candidate)
+    return fit_logistic_many(x, y, masks, [(m, l2) for m in range(len(row_sets))],
+                             n_classes=n_classes)
+
+
 def fit_model(
     features: Mapping[str, np.ndarray],
     labels: np.ndarray,

@@ -75,7 +75,7 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
     """Make the run's version, extract (cached) features, select and evaluate a model, save
     the version and activate it as the job's policy says; then tell the webhooks."""
     from app.ml.curve import summarize
-    from app.ml.select import fit_candidate, fit_model
+    from app.ml.select import fit_candidate_many, fit_model
 
     started = time.perf_counter()
     settings = runtime.settings
@@ -113,12 +113,14 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
         progress("learning_curve", 0.85)
         chosen = features[result.candidate.backbone]
 
-        def fit_predict(train_rows: np.ndarray, val_rows: np.ndarray) -> np.ndarray:
-            head = fit_candidate(result.candidate, chosen[train_rows], targets[train_rows],
-                                 n_classes=len(labels))
-            return head.predict_proba(chosen[val_rows, 0])
+        def fit_predict_many(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+            heads = fit_candidate_many(result.candidate, chosen, targets,
+                                       [train for train, _ in pairs], n_classes=len(labels))
+            return [head.predict_proba(chosen[val, 0])
+                    for head, (_, val) in zip(heads, pairs, strict=True)]
 
-        curve = summarize(targets, fit_predict, accuracy=result.metrics["accuracy"])
+        curve = summarize(targets, None, fit_predict_many=fit_predict_many,
+                          accuracy=result.metrics["accuracy"])
         metrics = VersionMetrics.model_validate({**result.metrics, "learning_curve": curve})
     params = VersionParams.model_validate({
         "l2": result.candidate.l2, "views": settings.views, "metrics_note": result.metrics_note,

@@ -69,43 +69,50 @@ def test_unsafe_keys_are_rejected(tmp_path, key):
         cache.put(HASH, key, np.ones(3))
 
 
+def _fake_run_recording(calls):
+    def fake_run(backbone, batch, runner=None):
+        calls.append((backbone, len(batch)))
+        # Feature = the batch row's mean value, so different pixels give different vectors.
+        return np.repeat(batch.mean(axis=(1, 2, 3))[:, None], 1280, axis=1).astype(np.float32)
+
+    return fake_run
+
+
 def test_features_for_computes_only_misses_in_order(tmp_path, monkeypatch):
-    calls: list[int] = []
-
-    def fake_extract(backbone, images, *, batch_size, device):
-        calls.append(len(images))
-        return np.stack([np.full(1280, image.size[0], dtype=np.float32) for image in images])
-
-    monkeypatch.setattr(cache_module, "extract_features", fake_extract)
+    calls: list = []
+    monkeypatch.setattr(cache_module, "run_network", _fake_run_recording(calls))
     loaded: list[str] = []
 
-    def item(name: str, width: int):
+    def item(name: str, shade: int):
         def load():
             loaded.append(name)
-            return Image.new("RGB", (width, 10))
+            return Image.new("RGB", (12, 10), (shade, shade, shade))
 
         return (name * 32, load)
 
     cache = FeatureCache(tmp_path)
     cache.put("bb" * 32, "mobilenet_v2", np.full(1280, 2.0))
-    items = [item("aa", 1), item("bb", 2), item("cc", 3), item("aa", 1), item("dd", 4)]
+    items = [item("aa", 10), item("bb", 20), item("cc", 30), item("aa", 10), item("dd", 40)]
     out = cache.features_for("mobilenet_v2", items, batch_size=2)
-    np.testing.assert_array_equal(out[:, 0], [1, 2, 3, 1, 4])
+    assert out.shape == (5, 1280)
+    np.testing.assert_array_equal(out[1], np.full(1280, 2.0))  # the cached vector
+    np.testing.assert_array_equal(out[3], out[0])  # a duplicate image shares its row
+    assert len({float(row[0]) for row in out[[0, 2, 4]]}) == 3
     assert sorted(loaded) == ["aa", "cc", "dd"]  # cached and duplicate images are not loaded
-    assert calls == [2, 1]
+    assert calls == [("mobilenet_v2", 2), ("mobilenet_v2", 1)]
     assert cache.get("dd" * 32, "mobilenet_v2") is not None
 
     loaded.clear()
     again = cache.features_for("mobilenet_v2", items)
     np.testing.assert_array_equal(again, out)
-    assert loaded == [] and calls == [2, 1]
+    assert loaded == [] and len(calls) == 2
 
 
 def test_features_for_recomputes_a_vector_of_the_wrong_dimension(tmp_path, monkeypatch):
     monkeypatch.setattr(
         cache_module,
-        "extract_features",
-        lambda backbone, images, **kw: np.ones((len(images), 1280), dtype=np.float32),
+        "run_network",
+        lambda backbone, batch, runner=None: np.ones((len(batch), 1280), dtype=np.float32),
     )
     cache = FeatureCache(tmp_path)
     cache.put(HASH, "mobilenet_v2", np.zeros(7))
@@ -130,34 +137,28 @@ def test_cached_real_features_equal_fresh_ones(tmp_path):
     np.testing.assert_allclose(first, fresh, rtol=1e-4, atol=1e-5)
 
 
-def _fake_extract_recording(calls):
-    def fake_extract(backbone, images, *, batch_size, device):
-        calls.append((backbone, [image.size for image in images]))
-        # Feature = the image's mean pixel value, so different pixels give different vectors.
-        return np.stack(
-            [np.full(1280, np.asarray(image, dtype=np.float32).mean()) for image in images]
-        )
-
-    return fake_extract
-
-
-def _noise_item(name: str, seed: int):
+def _noise_item(name: str, seed: int, loaded: list[str] | None = None):
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
-    return (name * 32, lambda: Image.fromarray(pixels, "RGB"))
+
+    def load():
+        if loaded is not None:
+            loaded.append(name)
+        return Image.fromarray(pixels, "RGB")
+
+    return (name * 32, load)
 
 
 def test_views_are_cached_separately_and_augmented(tmp_path, monkeypatch):
     calls: list = []
-    monkeypatch.setattr(cache_module, "extract_features", _fake_extract_recording(calls))
+    monkeypatch.setattr(cache_module, "run_network", _fake_run_recording(calls))
     cache = FeatureCache(tmp_path)
     items = [_noise_item("aa", 0), _noise_item("bb", 1)]
     view0 = cache.features_for("mobilenet_v2", items)
     view1 = cache.features_for("mobilenet_v2", items, view=1)
     assert (tmp_path / "mobilenet_v2" / "1" / "aa" / f"{'aa' * 32}.npy").is_file()
-    assert calls[0][1] == [(60, 40), (60, 40)]  # view 0: the image as loaded
-    assert all(w == h for w, h in calls[1][1])  # view 1: a squared random crop
-    assert not np.array_equal(view0, view1)
+    assert calls == [("mobilenet_v2", 2), ("mobilenet_v2", 2)]
+    assert not np.array_equal(view0, view1)  # view 1 is an augmentation, not the image
     np.testing.assert_array_equal(cache.get("aa" * 32, "mobilenet_v2", view=1), view1[0])
     again = cache.features_for("mobilenet_v2", items, view=1)
     np.testing.assert_array_equal(again, view1)
@@ -170,9 +171,11 @@ def test_views_for_stacks_views_and_assembles_composites(tmp_path, monkeypatch):
     from app.ml.backbones import component_weights
 
     calls: list = []
-    monkeypatch.setattr(cache_module, "extract_features", _fake_extract_recording(calls))
+    monkeypatch.setattr(cache_module, "run_network", _fake_run_recording(calls))
     cache = FeatureCache(tmp_path)
-    items = [_noise_item("aa", 0), _noise_item("bb", 1), _noise_item("aa", 0)]
+    loaded: list[str] = []
+    items = [_noise_item("aa", 0, loaded), _noise_item("bb", 1, loaded),
+             _noise_item("aa", 0, loaded)]
     fractions: list[float] = []
     name = "mobilenet_v2+efficientnet_lite2"
     out = cache.views_for(
@@ -183,11 +186,11 @@ def test_views_for_stacks_views_and_assembles_composites(tmp_path, monkeypatch):
     np.testing.assert_array_equal(out[name][2], out[name][0])  # duplicate image, same rows
     _, w_lite = component_weights(name)
     np.testing.assert_allclose(out[name][:, :, 1280:], out["efficientnet_lite2"] * w_lite)
-    # Each (image, view) was decoded once and run once through each of the two networks.
-    assert sorted(backbone for backbone, _ in calls) == ["efficientnet_lite2"] * 3 + [
-        "mobilenet_v2"
-    ] * 3
+    # Each image was decoded once for all its views, and each (image, view) run once through
+    # each of the two networks: one batch of 2 images x 3 views per network.
+    assert sorted(loaded) == ["aa", "bb"]
+    assert sorted(calls) == [("efficientnet_lite2", 6), ("mobilenet_v2", 6)]
     assert fractions[-1] == 1.0 and fractions == sorted(fractions)
     composite = cache.features_for(name, items[:2], view=2)
     np.testing.assert_array_equal(composite, out[name][:2, 2])
-    assert len(calls) == 6  # the composite came from the cached components
+    assert len(calls) == 2  # the composite came from the cached components

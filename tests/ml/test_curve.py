@@ -358,3 +358,28 @@ def test_hymenoptera_lite2_projection_from_10_to_40_per_class(dataset_features):
         head = fit_logistic(x_train[big], y_train[big], n_classes=2, l2=3e-3)
         measured.append((head.predict_proba(x_val).argmax(axis=1) == y_val).mean())
     assert abs(predicted - np.mean(measured)) <= 0.04
+
+
+def test_fit_predict_many_sees_every_draw_once_and_gives_the_same_curve():
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 30)
+    x = rng.standard_normal((60, 4)) + y[:, None]
+
+    def fit_predict(train, val):
+        means = np.stack([x[train][y[train] == k].mean(axis=0) for k in (0, 1)])
+        d = -((x[val][:, None, :] - means[None]) ** 2).sum(axis=2)
+        p = np.exp(d - d.max(axis=1, keepdims=True))
+        return p / p.sum(axis=1, keepdims=True)
+
+    batches: list[int] = []
+
+    def fit_predict_many(pairs):
+        batches.append(len(pairs))
+        return [fit_predict(train, val) for train, val in pairs]
+
+    one_by_one = learning_curve(y, fit_predict, seed=1)
+    batched = learning_curve(y, None, seed=1, fit_predict_many=fit_predict_many)
+    assert batched == one_by_one
+    assert len(batches) == 1 and batches[0] == sum(p["n_evaluations"] for p in batched)
+    with pytest.raises(ValueError):
+        learning_curve(y, None)

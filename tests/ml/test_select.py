@@ -12,6 +12,7 @@ from app.ml.select import (
     candidates,
     default_candidate,
     fit_candidate,
+    fit_candidate_many,
     fit_model,
 )
 from app.ml.unknown import unknown_mask
@@ -58,6 +59,21 @@ def test_fit_candidate_trains_on_every_view(head):
         fit_candidate(Candidate("mobilenet_v2", "forest"), features, y, n_classes=3)
     with pytest.raises(ValueError, match="mlp"):
         fit_candidate(Candidate("mobilenet_v2", "mlp", 1e-3), features, y, n_classes=3)
+
+
+@pytest.mark.parametrize("head", ["logistic", "prototype"])
+def test_fit_candidate_many_equals_one_fit_per_row_set(head):
+    x, y = blobs(n_per_class=12, n_classes=3)
+    features = _views(x)
+    candidate = Candidate("mobilenet_v2", head, None if head == "prototype" else 1e-2)
+    rng = np.random.default_rng(5)
+    row_sets = [np.sort(np.concatenate([rng.choice(np.flatnonzero(y == k), n, replace=False)
+                                        for k in range(3)])) for n in (2, 5, 9)]
+    many = fit_candidate_many(candidate, features, y, row_sets, n_classes=3)
+    for rows, joint in zip(row_sets, many, strict=True):
+        alone = fit_candidate(candidate, features[rows], y[rows], n_classes=3)
+        np.testing.assert_allclose(joint.predict_proba(x), alone.predict_proba(x), atol=1e-4)
+    assert fit_candidate_many(candidate, features, y, [], n_classes=3) == []
 
 
 def test_fit_model_reports_nested_metrics_a_table_and_a_detector():

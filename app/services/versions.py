@@ -169,11 +169,13 @@ def prune_versions(session: Session, runtime: Runtime, *, model_id: str, keep: i
 
 
 def remove_version_files(runtime: Runtime, artifact_path: str) -> None:
-    """Delete a version's head and the files that go with it (its out-of-fold review data)."""
+    """Delete a version's head and the files that go with it (its out-of-fold review data, the
+    ONNX files services.exports built of it)."""
     if not artifact_path:
         return
     base = runtime.settings.models_dir / artifact_path
-    for path in (base, base.with_suffix(".oof.json")):
+    exports = base.parent.glob(f"{base.stem}.*.onnx")
+    for path in (base, base.with_suffix(".oof.json"), *exports):
         Path(path).unlink(missing_ok=True)
     runtime.heads.forget(base)
 

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response, status
+from fastapi.responses import FileResponse
 
 from app.api.deps import AccountDep, RuntimeDep, SessionDep
 from app.schemas.bounds import MAX_INT64, MAX_PAGE, MIN_INT64
 from app.schemas.images import MAX_PER_PAGE
 from app.schemas.models import ActivateOut, VersionDetail, VersionList, VersionOut
+from app.services import exports as export_service
 from app.services import versions as version_service
 from app.services.models import get_model
 
@@ -58,3 +60,22 @@ def delete(model_id: str, number: VersionNumber, session: SessionDep, runtime: R
     version_service.delete_version(session, runtime, account=account, model_id=model_id,
                                    number=number)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{model_id}/export", response_class=FileResponse, responses={200: {
+    "content": {"application/octet-stream": {}},
+    "description": "One self-contained ONNX file: preprocessed photos in, probabilities out; "
+                   "labels and the preprocessing recipe in its metadata_props."}})
+def export_model(model_id: str, session: SessionDep, runtime: RuntimeDep, account: AccountDep,
+                 format: Annotated[Literal["onnx"], Query(
+                     description="the file format; only `onnx`")] = "onnx",
+                 version: Annotated[int | None, Query(ge=1, le=MAX_INT64)] = None
+                 ) -> FileResponse:
+    """The active version (or `?version=n`) as one ONNX file: the backbone network(s) and the
+    head in one graph, float32 N x 3 x S x S in (exactly what NanoNet's preprocessing gives;
+    the recipe is in the metadata), N x classes probabilities out. Built on first download
+    (seconds), then served from disk."""
+    built = export_service.export_version(session, runtime, account=account, model_id=model_id,
+                                          number=version, fmt=format)
+    return FileResponse(built.path, media_type="application/octet-stream",
+                        filename=built.filename)

@@ -1,4 +1,4 @@
-"""The `nanonet` command: serve, keys create|list|revoke|rotate, migrate, import,
+"""The `nanonet` command: serve, worker, keys create|list|revoke|rotate, migrate, import,
 export-images, retrain."""
 
 from __future__ import annotations
@@ -22,6 +22,24 @@ if TYPE_CHECKING:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in ("import", "export-images"):
+        return _transfer(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "worker":
+        return _worker(args)
+    if args.command == "keys":
+        return _keys(args)
+    if args.command == "retrain":
+        return _retrain(args.account, args.activate)
+    return _migrate()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `nanonet` command line and its subcommands."""
     parser = argparse.ArgumentParser(prog="nanonet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -29,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
+
+    worker = commands.add_parser(
+        "worker", help="run a Celery worker of the full stack on some queues",
+        description="Start `celery -A worker.celery_app worker` on the given queues (the "
+                    "full stack; NANONET_JOB_ROUTES says which job kinds go to which queue). "
+                    "Options after `--` go to celery as they are.")
+    _worker_arguments(worker)
 
     keys = commands.add_parser("keys", help="manage accounts and API keys")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -71,18 +96,60 @@ def main(argv: list[str] | None = None) -> int:
                          default="if_better",
                          help="whether a new version goes live (default: if_better)")
 
-    args = parser.parse_args(argv)
-    if args.command in ("import", "export-images"):
-        return _transfer(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "keys":
-        return _keys(args)
-    if args.command == "retrain":
-        return _retrain(args.account, args.activate)
-    return _migrate()
+    return parser
+
+
+def _queues(value: str) -> list[str]:
+    queues = [queue.strip() for queue in value.split(",")]
+    if not all(queues):
+        raise argparse.ArgumentTypeError(f"{value!r}: give queue names separated by commas, "
+                                         "such as cpu,gpu")
+    return queues
+
+
+def _worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--queues", type=_queues, default=None, metavar="Q1,Q2",
+                        help="the queues to consume, comma-separated (default: "
+                             "$NANONET_JOB_QUEUE, cpu)")
+    parser.add_argument("--concurrency", type=int, default=1, metavar="N",
+                        help="jobs run at once (pool processes or threads; default 1: a "
+                             "training takes every core or the GPU)")
+    parser.add_argument("--pool", choices=("prefork", "threads", "solo"), default="prefork",
+                        help="prefork for jobs (default), threads for webhook deliveries")
+    parser.add_argument("--loglevel", default="INFO")
+    parser.add_argument("celery_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+def worker_argv(args: argparse.Namespace, *, default_queue: str = "cpu") -> list[str]:
+    """The `celery worker` command line that `nanonet worker` runs for `args`."""
+    extra = list(args.celery_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    queues = args.queues or [default_queue]
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+            "-Q", ",".join(queues), "--concurrency", str(args.concurrency),
+            "--pool", args.pool, "--loglevel", args.loglevel, *extra]
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """Check the settings (the routes included), then become the Celery worker."""
+    from app.jobs.celery_queue import check_routes
+
+    settings = _settings()
+    if settings is None:
+        return 2
+    if args.concurrency < 1:
+        print("nanonet worker: --concurrency must be at least 1.", file=sys.stderr)
+        return 2
+    try:
+        check_routes(settings)
+    except ValueError as exc:
+        print(f"nanonet worker: {exc}", file=sys.stderr)
+        return 2
+    argv = worker_argv(args, default_queue=settings.job_queue)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)  # the worker gets the PID: signals from docker reach celery
 
 
 def _client_arguments(parser: argparse.ArgumentParser) -> None:

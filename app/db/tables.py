@@ -107,6 +107,8 @@ class WebSession(Base):
 
 class Model(Base):
     __tablename__ = "model"
+    # The account's models newest first, a page at once (GET /models): no sort of them all.
+    __table_args__ = (Index("ix_model_account_created", "account_id", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     account_id: Mapped[str] = mapped_column(

@@ -130,7 +130,9 @@ class InProcessQueue:
                                         name="nanonet-reconciler")
             self._reconciler.start()
 
-    def submit(self, job_id: str, *, lane: str = "jobs", delay: float = 0.0) -> None:
+    def submit(self, job_id: str, *, lane: str = "jobs", kind: str | None = None,
+               delay: float = 0.0) -> None:
+        # `kind` routes Celery queues; here every job of a lane shares the lane's threads.
         self._lane(lane)
         if delay <= 0:
             self._put(job_id, lane)

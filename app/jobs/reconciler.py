@@ -70,7 +70,7 @@ def reconcile(runtime: Runtime) -> Reconciled:
     assert runtime.queue is not None, "the runtime has no job queue"
     for job_id, kind in to_send:
         try:
-            runtime.queue.submit(job_id, lane=job_service.lane_of(kind))
+            runtime.queue.submit(job_id, lane=job_service.lane_of(kind), kind=kind)
         except Exception:  # still queued: overdue again later, and sent then
             log.exception("jobs.reconcile.not_sent job_id=%s", job_id)
     if done.requeued or done.failed or done.resent:

@@ -161,5 +161,11 @@ class ModelOut(BaseModel):
         )
 
 
+MAX_MODELS_PER_PAGE = 200
+
+
 class ModelList(BaseModel):
-    models: list[ModelOut]
+    models: list[ModelOut] = Field(description="this page of the account's models, newest first")
+    total: int = Field(description="the account's models in all")
+    page: int
+    per_page: int

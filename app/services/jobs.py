@@ -199,7 +199,7 @@ def dispatch(session: Session, queue: JobQueue | None, job: Job, *, delay: float
         job.due_at = utcnow() + timedelta(seconds=delay)
         session.commit()
     try:
-        queue.submit(job.id, lane=lane_of(job.kind), delay=delay)
+        queue.submit(job.id, lane=lane_of(job.kind), kind=job.kind, delay=delay)
     except Exception as exc:
         log.exception("jobs.dispatch.failed job_id=%s kind=%s", job.id, job.kind)
         # The type only: the message can carry the broker URL, credentials included.
@@ -220,7 +220,7 @@ def defer_job(session: Session, queue: JobQueue, *, job_id: str, kind: str,
                     .values(due_at=utcnow() + timedelta(seconds=delay)))
     session.commit()
     try:
-        queue.submit(job_id, lane=lane_of(kind), delay=delay)
+        queue.submit(job_id, lane=lane_of(kind), kind=kind, delay=delay)
     except Exception:
         log.exception("jobs.defer.not_sent job_id=%s", job_id)
 

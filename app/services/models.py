@@ -83,7 +83,18 @@ def get_model(session: Session, *, account: Account, model_id: str) -> Model:
 
 def list_models(session: Session, *, account: Account) -> list[Model]:
     return list(session.scalars(select(Model).where(Model.account_id == account.id)
-                                .order_by(Model.created_at.desc())))
+                                .order_by(Model.created_at.desc(), Model.id)))
+
+
+def page_of_models(session: Session, *, account: Account, page: int,
+                   per_page: int) -> tuple[list[Model], int]:
+    """One page of the account's models, newest first, and how many it has in all."""
+    total = session.scalar(select(func.count()).select_from(Model)
+                           .where(Model.account_id == account.id)) or 0
+    rows = session.scalars(select(Model).where(Model.account_id == account.id)
+                           .order_by(Model.created_at.desc(), Model.id)
+                           .offset((page - 1) * per_page).limit(per_page))
+    return list(rows), total
 
 
 def category_counts(session: Session, *, model_ids: list[str]) -> dict[int, int]:

@@ -84,7 +84,8 @@ class HeldQueue:
     def __init__(self) -> None:
         self.held: list[str] = []
 
-    def submit(self, job_id: str, *, lane: str = "jobs", delay: float = 0.0) -> None:
+    def submit(self, job_id: str, *, lane: str = "jobs", kind: str | None = None,
+               delay: float = 0.0) -> None:
         self.held.append(job_id)
 
     def start(self) -> None: ...

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
 
 import pytest
 import yaml
 
+from app.cli import build_parser, worker_argv
 from app.cli import main as cli_main
 from app.config import Settings
+from app.jobs.celery_queue import check_routes, routable_kinds
 from tests.conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -32,7 +36,8 @@ def test_full_stack_services_and_shared_storage() -> None:
     assert "gpu" in services["worker-gpu"]["profiles"]
 
 
-@pytest.mark.parametrize("service", ["migrate", "api"])
+@pytest.mark.parametrize("service", ["migrate", "api", "worker-cpu", "worker-gpu",
+                                     "worker-webhooks"])
 def test_nanonet_commands_exist(service: str) -> None:
     command = COMPOSE["services"][service]["command"]
     assert command[0] == "nanonet"
@@ -41,28 +46,57 @@ def test_nanonet_commands_exist(service: str) -> None:
     assert exit_info.value.code == 0
 
 
+WORKERS = {"worker-cpu": ["cpu"], "worker-gpu": ["gpu", "cpu"], "worker-webhooks": ["webhooks"]}
+
+
+def _worker_args(name: str) -> argparse.Namespace:
+    """The compose service's command, parsed by the `nanonet` command line itself."""
+    command = COMPOSE["services"][name]["command"]
+    assert command[:2] == ["nanonet", "worker"], name
+    return build_parser().parse_args(command[1:])
+
+
 def test_workers_use_the_celery_app_and_queues() -> None:
     import worker.celery_app as celery_module
     import worker.tasks  # noqa: F401  (registers the tasks, as the worker's include= does)
 
-    for name, queues in (("worker-cpu", "cpu"), ("worker-gpu", "gpu,cpu"),
-                         ("worker-webhooks", "webhooks")):
-        command = COMPOSE["services"][name]["command"]
-        assert command[:3] == ["celery", "-A", "worker.celery_app"]
-        assert command[command.index("-Q") + 1] == queues
+    for name, queues in WORKERS.items():
+        args = _worker_args(name)
+        assert args.queues == queues, name
+        argv = worker_argv(args)
+        assert argv[1:6] == ["-m", "celery", "-A", "worker.celery_app", "worker"]
+        assert argv[argv.index("-Q") + 1] == ",".join(queues)
     assert "nanonet.run_job" in celery_module.celery_app.tasks
     # Deliveries go to a queue no training worker takes, and one worker takes it.
     webhook_queue = Settings().webhook_queue
     takers = [name for name, service in COMPOSE["services"].items()
-              if "-Q" in service.get("command", [])
-              and webhook_queue in service["command"][service["command"].index("-Q") + 1]
-              .split(",")]
+              if service.get("command", [])[:2] == ["nanonet", "worker"]
+              and webhook_queue in _worker_args(name).queues]
     assert takers == ["worker-webhooks"]
     # It waits on receivers, not on the CPU: many deliveries in flight, on threads.
-    command = COMPOSE["services"]["worker-webhooks"]["command"]
-    assert command[command.index("--pool") + 1] == "threads"
-    assert int(command[command.index("--concurrency") + 1]) >= 8
+    webhooks = _worker_args("worker-webhooks")
+    assert webhooks.pool == "threads"
+    assert webhooks.concurrency >= 8
+    # Jobs run one at a time per worker, in pool processes a dead one can be replaced from.
+    for name in ("worker-cpu", "worker-gpu"):
+        assert _worker_args(name).pool == "prefork"
+        assert _worker_args(name).concurrency == 1
     assert celery_module.celery_app.conf.task_acks_late is True
+
+
+def test_the_routes_shown_send_backbone_work_to_the_gpu_worker() -> None:
+    """The commented NANONET_JOB_ROUTES in the compose file is valid JSON, names known kinds,
+    and routes only to queues a compose worker takes."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    found = re.search(r"^\s*#\s*NANONET_JOB_ROUTES:\s*'(.+)'\s*$", text, re.MULTILINE)
+    assert found, "docker-compose.yml shows how to set NANONET_JOB_ROUTES"
+    routes = json.loads(found.group(1))
+    assert set(routes) == set(routable_kinds())
+    check_routes(Settings(job_routes=routes))
+    taken = {queue for name in WORKERS for queue in _worker_args(name).queues}
+    assert set(routes.values()) <= taken
+    assert "gpu" in _worker_args("worker-gpu").queues
+    assert "gpu" not in _worker_args("worker-cpu").queues
 
 
 def test_dockerfile_installs_what_make_install_does() -> None:

@@ -78,7 +78,8 @@ class RecordingQueue:
     sent: list[tuple[str, str, float]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def submit(self, job_id: str, *, lane: str = "jobs", delay: float = 0.0) -> None:
+    def submit(self, job_id: str, *, lane: str = "jobs", kind: str | None = None,
+               delay: float = 0.0) -> None:
         with self.lock:
             self.sent.append((job_id, lane, delay))
 

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
 
 from app.api.deps import AccountDep, RuntimeDep, SessionDep
-from app.schemas.models import ModelCreate, ModelList, ModelOut
+from app.schemas.bounds import MAX_PAGE
+from app.schemas.models import MAX_MODELS_PER_PAGE, ModelCreate, ModelList, ModelOut
 from app.services import models as model_service
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -18,12 +21,18 @@ def create_model(body: ModelCreate, session: SessionDep, runtime: RuntimeDep,
 
 
 @router.get("", response_model=ModelList)
-def list_models(session: SessionDep, account: AccountDep) -> ModelList:
-    items = model_service.list_models(session, account=account)
+def list_models(session: SessionDep, account: AccountDep,
+                page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+                per_page: Annotated[int, Query(ge=1, le=MAX_MODELS_PER_PAGE)] = 50
+                ) -> ModelList:
+    """The account's models, newest first, a page at once."""
+    items, total = model_service.page_of_models(session, account=account, page=page,
+                                                per_page=per_page)
     ids = [n.id for n in items]
     counts = model_service.category_counts(session, model_ids=ids)
     unlabelled = model_service.unlabelled_counts(session, model_ids=ids)
-    return ModelList(models=[ModelOut.build(n, counts, unlabelled) for n in items])
+    return ModelList(models=[ModelOut.build(n, counts, unlabelled) for n in items],
+                     total=total, page=page, per_page=per_page)
 
 
 @router.get("/{model_id}", response_model=ModelOut)

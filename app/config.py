@@ -129,9 +129,10 @@ class Settings(BaseSettings):
         description="free bytes the data dir must keep after an upload; below it the upload is "
                     "refused (507 insufficient_storage)")
     inference_slots: int = Field(
-        default=2, ge=1, le=64,
-        description="predict requests running the backbone at once in this process; the rest "
-                    "wait for a slot")
+        default=8, ge=1, le=64,
+        description="predict requests decoding and waiting for (or sharing) a backbone call "
+                    "at once in this process; the rest wait for a slot. Their backbone passes "
+                    "are merged (microbatch_*), so this bounds decoded images held, not passes")
     inference_wait_seconds: float = Field(
         default=10, ge=0, le=300,
         description="seconds a predict request waits for an inference slot before its 503 busy")

@@ -29,11 +29,14 @@ if TYPE_CHECKING:
 class JobQueue(Protocol):
     """Where committed job ids go: app.jobs.inprocess or app.jobs.celery_queue, chosen in main."""
 
-    def submit(self, job_id: str, *, lane: str = "jobs", delay: float = 0.0) -> None:
+    def submit(self, job_id: str, *, lane: str = "jobs", kind: str | None = None,
+               delay: float = 0.0) -> None:
         """Hand a committed job row to the backend; must not block on the job itself.
 
         `lane`: "jobs" (training, extraction, batches) or "webhooks" (deliveries, which run
-        apart so a slow receiver never holds up a job); `delay`: seconds before it may run.
+        apart so a slow receiver never holds up a job); `kind`: the job's kind, by which the
+        Celery backend picks its queue (settings.job_routes; None: settings.job_queue);
+        `delay`: seconds before it may run.
         """
 
     def start(self) -> None: ...
@@ -42,9 +45,11 @@ class JobQueue(Protocol):
 
 
 class InferenceSlots:
-    """At most `slots` callers at once run the backbone for a request; the others wait up to
-    `wait` seconds. Each pass holds hundreds of MB and every core torch may use, so without a
-    bound a burst of predicts multiplies memory and makes every one of them (and /health) slow.
+    """At most `slots` predict requests at once decode their images and wait for (or share)
+    a backbone call; the others wait up to `wait` seconds. The backbone itself runs one merged
+    call per backbone at a time (app.ml.batching), so this bounds the decoded images held and
+    the decode threads: without it a burst of predicts multiplies memory and makes every one
+    of them (and /health) slow. Slots above microbatch_max_size add no batching.
     """
 
     def __init__(self, slots: int, *, wait: float) -> None:
@@ -66,12 +71,22 @@ class InferenceSlots:
 
 
 class HeadCache:
-    """A small LRU of loaded heads: one server holds many NanoNets, each head is kilobytes."""
+    """An LRU of loaded heads bounded by their memory: one server holds many NanoNets, and a
+    head is kilobytes (logistic) to megabytes (a prototype head and an unknown detector over
+    a wide backbone, with many categories), so a count would bound nothing.
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[str, tuple[Head, dict[str, Any]]] = OrderedDict()
+    `capacity_bytes` caps the sum of size_of(head, meta) over the heads kept; the least
+    recently used go first. A head bigger than the whole cap is still returned, just not kept.
+    """
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.bytes = 0  # size_of of every head kept
+        self._items: OrderedDict[str, tuple[tuple[Head, dict[str, Any]], int]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get(self, path: Path) -> tuple[Head, dict[str, Any]]:
         from app.ml.artifacts import load_artifact
@@ -80,18 +95,51 @@ class HeadCache:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
-                return self._items[key]
+                return self._items[key][0]
         loaded = load_artifact(path)
+        size = size_of(loaded)
         with self._lock:
-            self._items[key] = loaded
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            previous = self._items.pop(key, None)
+            if previous is not None:  # loaded twice at once: keep one
+                self.bytes -= previous[1]
+            if size <= self.capacity_bytes:
+                self._items[key] = (loaded, size)
+                self.bytes += size
+            while self.bytes > self.capacity_bytes:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self.bytes -= dropped
         return loaded
 
     def forget(self, path: Path) -> None:
         """Drop a deleted version's head."""
         with self._lock:
-            self._items.pop(str(path), None)
+            item = self._items.pop(str(path), None)
+            if item is not None:
+                self.bytes -= item[1]
+
+
+def size_of(value: object, _seen: set[int] | None = None) -> int:
+    """Bytes `value` holds, roughly: numpy arrays' nbytes, plus sys.getsizeof of every object
+    reached through dataclass fields, dicts, lists and tuples (each counted once)."""
+    import dataclasses
+    import sys
+
+    import numpy as np
+
+    seen = set() if _seen is None else _seen
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes) + sys.getsizeof(np.empty(0))
+    size = sys.getsizeof(value)
+    if isinstance(value, dict):
+        size += sum(size_of(k, seen) + size_of(v, seen) for k, v in value.items())
+    elif isinstance(value, list | tuple | set | frozenset):
+        size += sum(size_of(item, seen) for item in value)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        size += sum(size_of(getattr(value, f.name), seen) for f in dataclasses.fields(value))
+    return size
 
 
 @dataclass
@@ -118,15 +166,22 @@ class Runtime:
 
     @property
     def runner(self) -> Runner:
-        """What runs the backbones in this process (app.ml.engines), made on first use."""
+        """What runs the backbones in this process (app.ml.engines), made on first use: one
+        per process, so one copy of each backbone; with microbatch_window_ms > 0 wrapped in
+        app.ml.batching.BatchingRunner, which merges concurrent calls per backbone."""
         with self._runner_lock:
             if self._runner is None:
                 from app.ml.engines import make_runner
 
                 settings = self.settings
-                self._runner = make_runner(settings.torch_device, settings.engines_dir,
-                                           engine=settings.engine,
-                                           threads=settings.onnx_threads)
+                runner = make_runner(settings.torch_device, settings.engines_dir,
+                                     engine=settings.engine, threads=settings.onnx_threads)
+                if settings.microbatch_window_ms > 0:  # concurrent predicts share a call
+                    from app.ml.batching import BatchingRunner
+
+                    runner = BatchingRunner(runner, window_s=settings.microbatch_window_ms / 1000,
+                                            max_size=settings.microbatch_max_size)
+                self._runner = runner
             return self._runner
 
     def close(self) -> None:

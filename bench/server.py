@@ -41,6 +41,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+ENGINES = Path(__file__).resolve().parents[1] / "data" / "engines"
+
+
 @contextmanager
 def embedded_server(extra_env: Mapping[str, str] | None = None, *,
                     log_path: Path | None = None, data_dir: Path | None = None,
@@ -58,6 +61,9 @@ def embedded_server(extra_env: Mapping[str, str] | None = None, *,
         log_path = log_path or Path(directory) / "server.log"
         env = {**os.environ, "NANONET_DATA_DIR": directory, "NANONET_BOOTSTRAP_API_KEY": key,
                "NANONET_CREATE_FIRST_ACCOUNT": "false", **(extra_env or {})}
+        # The backbones' ONNX exports are made once per install, not once per fresh data dir:
+        # benches share `make run`'s (data/engines) unless told otherwise.
+        env.setdefault("NANONET_ENGINE_CACHE_DIR", str(ENGINES))
         with log_path.open("w") as log:
             process = subprocess.Popen(
                 [str(Path(sys.executable).parent / "nanonet"), "serve", "--host", "127.0.0.1",

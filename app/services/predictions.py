@@ -35,8 +35,10 @@ def predict(session: Session, runtime: Runtime, *, account: Account, model_id: s
     The database is read first (model, version, and the head from its file) and the session's
     transaction ends before any file is decoded: decoding and the backbone take seconds, and a
     request holding a pooled connection that long lets a burst of predicts take the whole pool
-    and stall every other request, /health and sign-in included. The backbone then runs in one
-    of runtime.inference's slots, so only a fixed number of passes share the cores at once.
+    and stall every other request, /health and sign-in included. Decoding and the backbone
+    then run in one of runtime.inference's slots, which bounds the requests holding decoded
+    images at once; their backbone passes are merged per backbone by runtime.runner
+    (micro-batching, app.ml.batching), so the cores run one pass at a time, not one each.
     """
     model = get_model(session, account=account, model_id=model_id)
     version = serving_version(session, model=model, number=number)
@@ -45,12 +47,11 @@ def predict(session: Session, runtime: Runtime, *, account: Account, model_id: s
     settings = runtime.settings
     results: list[dict[str, Any]] = []
     accepted: list[tuple[dict[str, Any], PILImage.Image]] = []
-    for result, _, decoded in decode_uploads(uploads, settings, results):
-        result["status"] = "ok"
-        accepted.append((result, decoded.image))
-    raise_if_nothing_accepted(results)
-
     with runtime.inference.hold():
+        for result, _, decoded in decode_uploads(uploads, settings, results):
+            result["status"] = "ok"
+            accepted.append((result, decoded.image))
+        raise_if_nothing_accepted(results)
         labelled = label_with(runtime, head, meta, [image for _, image in accepted],
                               reject_unknown=reject_unknown)
     for (result, _), answer in zip(accepted, labelled, strict=True):

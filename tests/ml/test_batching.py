@@ -1,0 +1,172 @@
+"""BatchingRunner: concurrent calls for one backbone become one inner call, each caller gets
+exactly its own rows, max_size holds, errors reach every caller, window 0 passes through."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from app.ml.batching import BatchingRunner
+
+
+class Recorder:
+    """A fake backbone: features are a fixed function of each row alone, and every call's
+    (backbone, batch size) is recorded. `gate`, when set, holds calls until released."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.fail = fail
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self, backbone: str, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.calls.append((backbone, len(batch)))
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        if self.fail:
+            raise RuntimeError("backbone exploded")
+        flat = batch.reshape(len(batch), -1)
+        return np.stack([flat.sum(axis=1), flat.max(axis=1), flat[:, 0]], axis=1)
+
+
+def batch_of(seed: int, rows: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, 3, 4, 4)).astype(np.float32)
+
+
+def run_at_once(runner: BatchingRunner, batches: list[np.ndarray],
+                backbone: str = "mobilenet_v2") -> list[np.ndarray]:
+    start = threading.Barrier(len(batches))
+
+    def call(batch: np.ndarray) -> np.ndarray:
+        start.wait()
+        return runner.run(backbone, batch)
+
+    with ThreadPoolExecutor(len(batches)) as pool:
+        return list(pool.map(call, batches))
+
+
+def test_concurrent_calls_are_merged_and_each_gets_exactly_its_rows() -> None:
+    inner = Recorder()
+    runner = BatchingRunner(inner, window_s=0.2, max_size=32)
+    batches = [batch_of(seed, rows=1 + seed % 3) for seed in range(8)]
+    results = run_at_once(runner, batches)
+    assert len(inner.calls) < len(batches)  # merged (all 8 arrive well inside 200 ms)
+    assert sum(size for _, size in inner.calls) == sum(len(b) for b in batches)
+    for batch, result in zip(batches, results, strict=True):
+        np.testing.assert_array_equal(result, Recorder().run("mobilenet_v2", batch))
+
+
+def test_a_lone_call_waits_the_window_at_most_and_is_answered_alone() -> None:
+    inner = Recorder()
+    runner = BatchingRunner(inner, window_s=0.05, max_size=32)
+    started = time.monotonic()
+    out = runner.run("mobilenet_v2", batch_of(1))
+    assert time.monotonic() - started < 1.0
+    assert inner.calls == [("mobilenet_v2", 1)] and out.shape == (1, 3)
+
+
+def test_max_size_is_never_exceeded_and_no_callers_batch_is_split() -> None:
+    inner = Recorder()
+    inner.gate = threading.Event()
+    runner = BatchingRunner(inner, window_s=0.05, max_size=4)
+    first = threading.Thread(target=runner.run, args=("mobilenet_v2", batch_of(0)))
+    first.start()
+    assert inner.entered.wait(5)  # the backbone is busy: the next ones pile up meanwhile
+    batches = [batch_of(seed, rows=rows) for seed, rows in enumerate([3, 2, 1, 2, 1, 3], 1)]
+    with ThreadPoolExecutor(len(batches)) as pool:
+        futures = [pool.submit(runner.run, "mobilenet_v2", b) for b in batches]
+        time.sleep(0.2)
+        inner.gate.set()
+        results = [future.result(10) for future in futures]
+    first.join(5)
+    assert all(size <= 4 for _, size in inner.calls)
+    assert sum(size for _, size in inner.calls) == 1 + sum(len(b) for b in batches)
+    assert len(inner.calls) < 1 + len(batches)  # some were merged
+    for batch, result in zip(batches, results, strict=True):
+        np.testing.assert_array_equal(result, Recorder().run("mobilenet_v2", batch))
+
+
+def test_a_batch_past_max_size_passes_through_in_the_callers_thread() -> None:
+    inner = Recorder()
+    runner = BatchingRunner(inner, window_s=0.05, max_size=4)
+    big = batch_of(3, rows=16)  # a training job's chunk
+    np.testing.assert_array_equal(runner.run("efficientnet_lite2", big),
+                                  Recorder().run("efficientnet_lite2", big))
+    assert inner.calls == [("efficientnet_lite2", 16)] and runner.calls == 0
+
+
+def test_backbones_are_never_mixed_in_one_call() -> None:
+    inner = Recorder()
+    runner = BatchingRunner(inner, window_s=0.1, max_size=32)
+    start = threading.Barrier(6)
+
+    def call(index: int) -> np.ndarray:
+        start.wait()
+        return runner.run("mobilenet_v2" if index % 2 else "efficientnet_lite2",
+                          batch_of(index))
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(call, range(6)))
+    assert {name for name, _ in inner.calls} == {"mobilenet_v2", "efficientnet_lite2"}
+    assert sum(size for _, size in inner.calls) == 6
+    for index, result in enumerate(results):
+        np.testing.assert_array_equal(result, Recorder().run("x", batch_of(index)))
+
+
+def test_an_error_reaches_every_caller_of_that_call_and_the_runner_keeps_working() -> None:
+    inner = Recorder(fail=True)
+    runner = BatchingRunner(inner, window_s=0.2, max_size=32)
+    errors: list[BaseException] = []
+
+    def call(seed: int) -> None:
+        try:
+            runner.run("mobilenet_v2", batch_of(seed))
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(seed,)) for seed in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(errors) == 5 and all("exploded" in str(e) for e in errors)
+    assert len(inner.calls) < 5
+    inner.fail = False
+    assert runner.run("mobilenet_v2", batch_of(9)).shape == (1, 3)  # the lane survived
+
+
+def test_window_zero_is_a_passthrough() -> None:
+    inner = Recorder()
+    runner = BatchingRunner(inner, window_s=0, max_size=32)
+    results = run_at_once(runner, [batch_of(seed) for seed in range(4)])
+    assert inner.calls == [("mobilenet_v2", 1)] * 4 and runner.calls == 0
+    assert all(result.shape == (1, 3) for result in results)
+
+
+def test_max_size_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_size"):
+        BatchingRunner(Recorder(), window_s=0.002, max_size=0)
+
+
+def test_the_runtime_wraps_its_runner_when_the_window_is_set(tmp_path) -> None:  # noqa: ANN001
+    from app.ml.engines import OnnxRunner
+    from app.runtime import build_runtime
+    from tests.conftest import make_settings
+
+    batched = build_runtime(make_settings(tmp_path / "a", microbatch_window_ms=2,
+                                          microbatch_max_size=8))
+    assert isinstance(batched.runner, BatchingRunner)
+    assert batched.runner.window_s == pytest.approx(0.002) and batched.runner.max_size == 8
+    assert isinstance(batched.runner.inner, OnnxRunner)
+    assert batched.runner is batched.runner  # one per process
+    plain = build_runtime(make_settings(tmp_path / "b", microbatch_window_ms=0))
+    assert isinstance(plain.runner, OnnxRunner)
+    batched.close()
+    plain.close()

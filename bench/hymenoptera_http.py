@@ -39,6 +39,31 @@ def chunks(items: list[Path], size: int) -> list[list[Path]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def upload(client: httpx.Client, model_id: str, by_label: dict[str, list[Path]],
+           batch: int) -> None:
+    """Upload each category's files, `batch` per request."""
+    for label, paths in by_label.items():
+        for part in chunks(paths, batch):
+            files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in part]
+            client.post(f"/api/v1/models/{model_id}/images", data={"category": label},
+                        files=files).raise_for_status()
+
+
+def score(client: httpx.Client, model_id: str, by_label: dict[str, list[Path]],
+          batch: int) -> tuple[int, int]:
+    """Return (correct, total) of /predict on each category's files."""
+    correct = total = 0
+    for label, paths in by_label.items():
+        for part in chunks(paths, batch):
+            files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in part]
+            response = client.post(f"/api/v1/models/{model_id}/predict", files=files)
+            response.raise_for_status()
+            for result in response.json()["results"]:
+                correct += result["label"] == label
+                total += 1
+    return correct, total
+
+
 def run(url: str, key: str, dataset: Path, *, batch: int) -> dict[str, object]:
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600)
     train, val = split(dataset, "train"), split(dataset, "val")
@@ -48,11 +73,7 @@ def run(url: str, key: str, dataset: Path, *, batch: int) -> dict[str, object]:
     model_id = model.json()["id"]
 
     started = time.perf_counter()
-    for label, paths in train.items():
-        for part in chunks(paths, batch):
-            files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in part]
-            client.post(f"/api/v1/models/{model_id}/images", data={"category": label},
-                        files=files).raise_for_status()
+    upload(client, model_id, train, batch)
     upload_s = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -66,16 +87,8 @@ def run(url: str, key: str, dataset: Path, *, batch: int) -> dict[str, object]:
     trained = client.get(f"/api/v1/models/{model_id}").json()
     metrics = trained["metrics"]
 
-    correct = total = 0
     started = time.perf_counter()
-    for label, paths in val.items():
-        for part in chunks(paths, batch):
-            files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in part]
-            response = client.post(f"/api/v1/models/{model_id}/predict", files=files)
-            response.raise_for_status()
-            for result in response.json()["results"]:
-                correct += result["label"] == label
-                total += 1
+    correct, total = score(client, model_id, val, batch)
     predict_s = time.perf_counter() - started
     return {
         "dataset": dataset.name, "backbone": trained["backbone"],

@@ -28,17 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make `bench` importable
     sys.path.insert(0, str(ROOT))
 
-from bench.hymenoptera_http import DATASETS, chunks, split  # noqa: E402
+from bench.hymenoptera_http import DATASETS, score, split, upload  # noqa: E402
 from bench.server import embedded_server  # noqa: E402
-
-
-def upload(client: httpx.Client, model_id: str, by_label: dict[str, list[Path]],
-           batch: int) -> None:
-    for label, paths in by_label.items():
-        for part in chunks(paths, batch):
-            files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in part]
-            client.post(f"/api/v1/models/{model_id}/images", data={"category": label},
-                        files=files).raise_for_status()
 
 
 def train(client: httpx.Client, model_id: str) -> dict[str, object]:
@@ -53,15 +44,7 @@ def train(client: httpx.Client, model_id: str) -> dict[str, object]:
 
 def val_accuracy(client: httpx.Client, model_id: str, by_label: dict[str, list[Path]],
                  batch: int) -> float:
-    correct = total = 0
-    for label, paths in by_label.items():
-        for part in chunks(paths, batch):
-            files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in part]
-            response = client.post(f"/api/v1/models/{model_id}/predict", files=files)
-            response.raise_for_status()
-            for result in response.json()["results"]:
-                correct += result["label"] == label
-                total += 1
+    correct, total = score(client, model_id, by_label, batch)
     return correct / total
 
 

@@ -160,6 +160,18 @@ class Settings(BaseSettings):
         default=False,
         description="let webhooks (and URL uploads) reach loopback, private, link-local and "
                     "cloud-metadata addresses; for tests and closed networks only")
+    url_fetch_timeout: float = Field(
+        default=10.0, gt=0, le=120,
+        description="seconds fetching one image by URL may take in all: every redirect and "
+                    "the whole body; a server too slow is reported for that URL only")
+    url_connect_timeout: float = Field(
+        default=5.0, gt=0, le=60,
+        description="seconds each connection attempt of a URL fetch may take (within "
+                    "url_fetch_timeout)")
+    url_max_redirects: int = Field(
+        default=3, ge=0, le=10,
+        description="redirects one URL fetch follows, each checked like the URL itself; one "
+                    "more is refused (too_many_redirects)")
     webhook_workers: int = Field(
         default=8, ge=1, le=64,
         description="deliveries in flight at once in the embedded runner: each waits on a "

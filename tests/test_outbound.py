@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import shutil
 import socket
@@ -13,15 +14,18 @@ import pytest
 
 from app.services import outbound
 from app.services.outbound import (
+    FetchFailed,
     OutboundError,
     Target,
     UrlNotAllowed,
     UrlUnresolvable,
     address_refusal,
     check_url,
+    fetch,
     post,
 )
 from tests.http_receiver import Receiver
+from tests.url_server import UrlServer
 
 REFUSED = {
     "127.0.0.1": "loopback",
@@ -244,3 +248,116 @@ def test_https_to_the_pinned_address_checks_the_name_of_the_url(
         post(https_target(tls_receiver, "other.example"), body=b"{}", headers={}, timeout=5,
              tls_context=trusting)
     assert len(tls_receiver.requests) == 1
+
+
+# --- fetch: a GET through the same guard and pinned connection, for images by URL ----------
+
+PUBLIC_ADDRESS = "93.184.215.14"
+
+
+@pytest.fixture
+def rebinding(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[tuple[str, int]]]:
+    """`rebind.example` resolves to a public address once, then to loopback (DNS rebinding);
+    a connection to the public address reaches loopback on the same port, where the test's
+    server listens. Returns (names looked up, addresses connected to)."""
+    real_lookup, real_connect = socket.getaddrinfo, socket.create_connection
+    looked_up: list[str] = []
+    connected: list[tuple[str, int]] = []
+
+    def lookup(host: str, port: int, *args: object, **kwargs: object) -> list[tuple]:  # type: ignore[type-arg]
+        if host != "rebind.example":
+            return real_lookup(host, port, *args, **kwargs)  # type: ignore[arg-type]
+        looked_up.append(host)
+        address = PUBLIC_ADDRESS if len(looked_up) == 1 else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    def connect(address: tuple[str, int], *args: object, **kwargs: object) -> socket.socket:
+        connected.append(address)
+        if address[0] == PUBLIC_ADDRESS:
+            address = ("127.0.0.1", address[1])
+        return real_connect(address, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", lookup)
+    monkeypatch.setattr(outbound.socket, "create_connection", connect)
+    return looked_up, connected
+
+
+def test_fetch_connects_to_the_address_checked_not_to_a_new_lookup(
+        receiver: Receiver, rebinding: tuple[list[str], list[tuple[str, int]]]) -> None:
+    looked_up, connected = rebinding
+    download = fetch(f"http://rebind.example:{receiver.port}/ant.jpg", allow_private=False,
+                     timeout=5, max_bytes=1000, max_redirects=3)
+    with download.file:
+        assert download.file.read() == b"ok" and download.size == 2
+    # One lookup, checked; the connection went to its answer, never asking the name again.
+    assert looked_up == ["rebind.example"]
+    assert connected == [(PUBLIC_ADDRESS, receiver.port)]
+    assert receiver.requests[0].headers["host"] == f"rebind.example:{receiver.port}"
+
+
+def test_every_redirect_hop_is_resolved_and_checked_again(
+        receiver: Receiver, rebinding: tuple[list[str], list[tuple[str, int]]]) -> None:
+    """The second hop's name now resolves to loopback: refused, and not connected to."""
+    looked_up, connected = rebinding
+    receiver.plan = [302]
+    receiver.location = f"http://rebind.example:{receiver.port}/final.jpg"
+    with pytest.raises(UrlNotAllowed, match="redirects to .*resolves to 127.0.0.1"):
+        fetch(f"http://rebind.example:{receiver.port}/start", allow_private=False, timeout=5,
+              max_bytes=1000, max_redirects=3)
+    assert looked_up == ["rebind.example"] * 2
+    assert connected == [(PUBLIC_ADDRESS, receiver.port)]
+    assert [request.path for request in receiver.requests] == ["/start"]
+
+
+def test_fetch_follows_relative_redirects_up_to_the_limit(receiver: Receiver) -> None:
+    receiver.plan = [301, 307]
+    receiver.location = "/moved?x=1#part"
+    download = fetch(receiver.url("/a"), allow_private=True, timeout=5, max_bytes=1000,
+                     max_redirects=2)
+    with download.file:
+        assert download.url == receiver.url("/moved?x=1") and download.file.read() == b"ok"
+    assert [request.path for request in receiver.requests] == ["/a", "/moved?x=1", "/moved?x=1"]
+    receiver.plan = [302]
+    with pytest.raises(FetchFailed) as refused:
+        fetch(receiver.url("/a"), allow_private=True, timeout=5, max_bytes=1000, max_redirects=0)
+    assert refused.value.code == "too_many_redirects"
+
+
+def test_fetch_reports_the_status_and_the_declared_size(receiver: Receiver) -> None:
+    receiver.plan = [404]
+    with pytest.raises(FetchFailed) as missing:
+        fetch(receiver.url("/gone.jpg"), allow_private=True, timeout=5, max_bytes=1000,
+              max_redirects=3)
+    assert missing.value.code == "url_http_error" and "HTTP 404" in missing.value.message
+    with pytest.raises(FetchFailed) as large:  # "ok" is 2 bytes, by its Content-Length
+        fetch(receiver.url("/a.jpg"), allow_private=True, timeout=5, max_bytes=1,
+              max_redirects=3)
+    assert large.value.code == "file_too_large" and large.value.status == 413
+
+
+def test_fetch_stops_reading_at_the_first_chunk_past_the_cap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    read: list[int] = []
+    real_read1 = http.client.HTTPResponse.read1
+
+    def counting_read1(self: http.client.HTTPResponse, n: int = -1) -> bytes:
+        data = real_read1(self, n)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(http.client.HTTPResponse, "read1", counting_read1)
+    with UrlServer(Path(__file__).parent) as server, pytest.raises(FetchFailed) as large:
+        fetch(server.url("/endless"), allow_private=True, timeout=5, max_bytes=300_000,
+              max_redirects=3)
+    assert large.value.code == "file_too_large"
+    assert 300_000 < sum(read) <= 300_000 + outbound.CHUNK_BYTES
+
+
+def test_fetch_is_bounded_by_its_timeout(receiver: Receiver) -> None:
+    receiver.default = "drip"
+    started = time.monotonic()
+    with pytest.raises(FetchFailed) as late:
+        fetch(receiver.url("/a.jpg"), allow_private=True, timeout=0.5, max_bytes=1000,
+              max_redirects=3)
+    assert late.value.code == "fetch_timeout" and late.value.status == 422
+    assert time.monotonic() - started < 5

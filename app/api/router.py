@@ -11,11 +11,12 @@ from app.api.routes import (
     review,
     suggestions,
     training,
+    url_images,
     versions,
     webhooks,
 )
 
 api_router = APIRouter(prefix="/api/v1")
-for module in (models, categories, images, training, versions, jobs, predictions, metrics,
-               review, suggestions, batches, webhooks):
+for module in (models, categories, images, url_images, training, versions, jobs, predictions,
+               metrics, review, suggestions, batches, webhooks):
     api_router.include_router(module.router)

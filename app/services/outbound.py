@@ -1,7 +1,9 @@
-"""Outbound HTTP to URLs users give us: the address guard, and a POST pinned to the address the
-guard checked, so a name that resolves elsewhere a moment later (DNS rebinding) is never asked.
+"""Outbound HTTP to URLs users give us: the address guard, and requests pinned to the address
+the guard checked, so a name that resolves elsewhere a moment later (DNS rebinding) is never asked.
 
-Webhook deliveries use it; so can anything else that fetches a user's URL (upload by URL).
+Webhook deliveries POST with it (`post`, never following a redirect); images by URL are fetched
+with it (`fetch`: a GET that follows a few redirects, checking and pinning every hop, and stops
+reading a body as soon as it passes its cap).
 """
 
 from __future__ import annotations
@@ -10,19 +12,26 @@ import http.client
 import ipaddress
 import socket
 import ssl
+import tempfile
 import threading
 import time
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from typing import BinaryIO, cast
+from urllib.parse import urldefrag, urljoin, urlsplit
 
-from app.errors import InvalidInput
+from app.errors import InvalidInput, NanoNetError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 ALLOW_PRIVATE_SETTING = "NANONET_URL_ALLOW_PRIVATE"
 MAX_URL_LENGTH = 2000
 EXCERPT_BYTES = 4096
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+CHUNK_BYTES = 64 * 1024
+SPOOL_BYTES = 1024 * 1024  # a fetched body past this goes to a temp file, as a multipart part
+FETCH_USER_AGENT = "NanoNet-Fetch/1"
 
 CLOUD_METADATA: dict[IPAddress, str] = {
     ipaddress.ip_address("169.254.169.254"): "the cloud metadata service (AWS, GCP, Azure...)",
@@ -58,6 +67,21 @@ class OutboundError(Exception):
     """An attempt that got no HTTP answer: refused connection, TLS failure, timeout..."""
 
 
+class OutboundTimeout(OutboundError):
+    """No answer, or not all of it, within the time the attempt had."""
+
+
+class FetchFailed(NanoNetError):
+    """A fetch that brought no body to use; `code` says why (fetch_failed: no answer,
+    fetch_timeout, url_http_error, too_many_redirects, file_too_large).
+
+    A 4xx even when the origin failed: the URL given could not be used, as a file that does not
+    decode cannot, and a 5xx would read as NanoNet's own failure."""
+
+    status = 422
+    code = "fetch_failed"
+
+
 @dataclass(frozen=True)
 class Target:
     """A checked URL: where to connect (`addresses`, every one of them checked) and what to
@@ -86,6 +110,17 @@ class Answer:
     status: int
     location: str | None
     excerpt: str  # the start of the response body, at most EXCERPT_BYTES
+
+
+@dataclass(frozen=True)
+class Download:
+    """A fetched body in a spooled temp file (memory up to SPOOL_BYTES, then disk), at its
+    start; the caller closes it."""
+
+    url: str  # the URL that answered it, after any redirects
+    file: BinaryIO
+    size: int
+    content_type: str | None
 
 
 def address_refusal(address: IPAddress) -> str | None:
@@ -174,31 +209,168 @@ def post(target: Target, *, body: bytes, headers: dict[str, str], timeout: float
     """POST `body` to the checked address of `target`, within `timeout` seconds in all
     (connect, TLS, send, read); never follows a redirect. Return the Answer; raises
     OutboundError when no HTTP answer came."""
-    connection = _PinnedConnection(target, deadline=time.monotonic() + timeout,
-                                   tls_context=tls_context)
-    watchdog = threading.Timer(timeout, connection.abort)
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        try:
-            connection.request("POST", target.path, body=body,
-                               headers={"Host": target.host_header, **headers,
-                                        "Connection": "close"})
-            response = connection.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
-            if connection.aborted or isinstance(exc, TimeoutError):
-                raise OutboundError(f"no answer within {timeout:g} s") from None
-            raise OutboundError(_describe(exc)) from None
-        if connection.aborted:  # the headers were cut short: http.client takes EOF as their end
-            raise OutboundError(f"no answer within {timeout:g} s")
+    with _exchange(target, "POST", body=body, headers=headers,
+                   deadline=time.monotonic() + timeout, timeout=timeout,
+                   tls_context=tls_context) as (_, response):
         excerpt = b""
         # The status is what counts: a body cut short, or not sent in time, leaves it standing.
         with suppress(OSError, http.client.HTTPException):
             excerpt = response.read1(EXCERPT_BYTES)
         return Answer(status=response.status, location=response.getheader("location"),
                       excerpt=excerpt.decode("utf-8", "replace"))
+
+
+def fetch(url: str, *, allow_private: bool, timeout: float, max_bytes: int,
+          max_redirects: int, connect_timeout: float | None = None,
+          tls_context: ssl.SSLContext | None = None) -> Download:
+    """GET `url` and return its body, spooled; raises UrlNotAllowed, UrlUnresolvable,
+    FetchFailed.
+
+    Each hop, the first and every redirect (at most `max_redirects`, relative ones resolved
+    against the hop before), goes through check_url, which resolves the name and checks every
+    address, and is then connected to those addresses only: a redirect to a private address,
+    or a name that resolves to one, is refused like the URL itself. `timeout` bounds the whole
+    fetch (every hop and the body: a watchdog aborts the connection at the deadline, so a
+    server that drips bytes is bounded too), `connect_timeout` each connection attempt. The
+    body is refused from its Content-Length, or while streaming at the first chunk past
+    `max_bytes`, and is not read further.
+    """
+    deadline = time.monotonic() + timeout
+    current = url
+    headers = {"User-Agent": FETCH_USER_AGENT, "Accept": "image/*, */*;q=0.5",
+               "Accept-Encoding": "identity"}
+    try:
+        for hop in range(max_redirects + 1):
+            target = _check_hop(current, hop=hop, allow_private=allow_private)
+            with _exchange(target, "GET", body=None, headers=headers, deadline=deadline,
+                           timeout=timeout, tls_context=tls_context,
+                           connect_timeout=connect_timeout) as (connection, response):
+                if response.status in REDIRECTS:
+                    location = (response.getheader("location") or "").strip()
+                    if not location:
+                        raise FetchFailed(f"The server answered HTTP {response.status} (a "
+                                          f"redirect) without saying where to.")
+                    current = urldefrag(urljoin(current, location)).url
+                    continue
+                if response.status != 200:
+                    raise _status_error(response)
+                file, size = _read_capped(connection, response, max_bytes=max_bytes,
+                                          timeout=timeout)
+                return Download(url=current, file=file, size=size,
+                                content_type=response.getheader("content-type"))
+    except OutboundTimeout as exc:
+        raise FetchFailed(f"The server was too slow: {exc} (NANONET_URL_FETCH_TIMEOUT). Try "
+                          f"again later, or upload the file.",
+                          code="fetch_timeout") from None
+    except OutboundError as exc:
+        raise FetchFailed(f"The file could not be fetched: {exc}.") from None
+    raise FetchFailed(f"The URL redirects more than {max_redirects} times "
+                      f"(NANONET_URL_MAX_REDIRECTS); give the URL the redirects end at.",
+                      code="too_many_redirects")
+
+
+def _check_hop(url: str, *, hop: int, allow_private: bool) -> Target:
+    """check_url for one hop of a fetch; a refused redirect says where it led."""
+    try:
+        return check_url(url, allow_private=allow_private)
+    except (UrlNotAllowed, UrlUnresolvable) as exc:
+        if hop == 0:
+            raise
+        shown = url if len(url) <= 200 else url[:200] + "..."
+        raise type(exc)(f"The URL redirects to {shown}, which is refused: {exc.message}",
+                        details=exc.details) from None
+
+
+def _status_error(response: http.client.HTTPResponse) -> FetchFailed:
+    status = response.status
+    said = f"HTTP {status}" + (f" {response.reason}" if response.reason else "")
+    if status in (401, 403):
+        hint = "the file is not public; give a URL that opens without signing in"
+    elif status in (404, 410):
+        hint = "check the URL"
+    elif status >= 500:
+        hint = "the server failed; try again later"
+    else:
+        hint = "give the URL of the image file itself"
+    return FetchFailed(f"The server answered {said} instead of the image: {hint}.",
+                       code="url_http_error")
+
+
+def _too_large(max_bytes: int, declared: int | None) -> FetchFailed:
+    size = (f"is {declared / (1024 * 1024):.1f} MB (its Content-Length)" if declared is not None
+            else "is larger")
+    return FetchFailed(f"The file {size}; the limit is {max_bytes / (1024 * 1024):g} MB "
+                       f"(NANONET_MAX_FILE_BYTES). Nothing more of it was read.",
+                       code="file_too_large", status=413)
+
+
+def _read_capped(connection: _PinnedConnection, response: http.client.HTTPResponse, *,
+                 max_bytes: int, timeout: float) -> tuple[BinaryIO, int]:
+    """Read the body into a spooled temp file, refusing it before it is read when its declared
+    length is over `max_bytes`, and at the first chunk that passes `max_bytes` otherwise.
+    Return (the file at its start, its size); raises FetchFailed, OutboundTimeout,
+    OutboundError."""
+    declared = (response.getheader("content-length") or "").strip()
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes, int(declared))
+    # Handed to the caller, who closes it; closed here on every failure.
+    spool = cast(BinaryIO, tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES))  # noqa: SIM115
+    size = 0
+    late = f"the file did not arrive in full within {timeout:g} s"
+    try:
+        try:
+            while chunk := response.read1(CHUNK_BYTES):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise _too_large(max_bytes, None)
+                spool.write(chunk)
+        except (OSError, http.client.HTTPException) as exc:
+            if connection.aborted or isinstance(exc, TimeoutError):
+                raise OutboundTimeout(late) from None
+            raise OutboundError(f"the body was cut short ({_describe(exc)})") from None
+        if connection.aborted:  # the watchdog's shutdown reads as the end of the body
+            raise OutboundTimeout(late)
+        if response.length:  # http.client counts down a Content-Length: some never came
+            raise OutboundError(f"the body was cut short, {response.length} bytes missing")
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool, size
+
+
+@contextmanager
+def _exchange(target: Target, method: str, *, body: bytes | None, headers: dict[str, str],
+              deadline: float, timeout: float, tls_context: ssl.SSLContext | None,
+              connect_timeout: float | None = None,
+              ) -> Iterator[tuple[_PinnedConnection, http.client.HTTPResponse]]:
+    """Send one request to the checked address of `target` and yield (the connection, the
+    response with its headers read) for the block to read the body; closes the connection
+    after. A watchdog aborts the connection at `deadline`, so the reads in the block are
+    bounded too. Raises OutboundTimeout, OutboundError when no HTTP answer came."""
+    connection = _PinnedConnection(target, deadline=deadline, tls_context=tls_context,
+                                   connect_timeout=connect_timeout)
+    watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), connection.abort)
+    watchdog.daemon = True
+    watchdog.start()
+    response: http.client.HTTPResponse | None = None
+    try:
+        try:
+            connection.request(method, target.path, body=body,
+                               headers={"Host": target.host_header, **headers,
+                                        "Connection": "close"})
+            response = connection.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            if connection.aborted or isinstance(exc, TimeoutError):
+                raise _timed_out(connection, timeout, connect_timeout) from None
+            raise OutboundError(_describe(exc)) from None
+        if connection.aborted:  # the headers were cut short: http.client takes EOF as their end
+            raise _timed_out(connection, timeout, connect_timeout)
+        yield connection, response
     finally:
         watchdog.cancel()
+        if response is not None:  # its file holds the socket open past connection.close()
+            response.close()
         connection.close()
 
 
@@ -206,17 +378,21 @@ class _PinnedConnection(http.client.HTTPConnection):
     """An HTTP(S) connection to the target's checked addresses, never to a new lookup."""
 
     def __init__(self, target: Target, *, deadline: float,
-                 tls_context: ssl.SSLContext | None) -> None:
+                 tls_context: ssl.SSLContext | None,
+                 connect_timeout: float | None = None) -> None:
         super().__init__(target.addresses[0], target.port,
                          timeout=max(0.001, deadline - time.monotonic()))
         self._target = target
         self._deadline = deadline
         self._tls_context = tls_context
+        self._connect_timeout = connect_timeout
         self._lock = threading.Lock()
         self.aborted = False
+        self.reached = False  # a connection was made (http.client drops `sock` on errors)
 
     def connect(self) -> None:
         sock = self._open()
+        self.reached = True
         if self._target.scheme == "https":
             context = self._tls_context or ssl.create_default_context()
             sock = context.wrap_socket(sock, server_hostname=self._target.host,
@@ -235,9 +411,15 @@ class _PinnedConnection(http.client.HTTPConnection):
             if remaining <= 0:
                 break
             try:
-                return socket.create_connection((address, self._target.port), timeout=remaining)
+                sock = socket.create_connection(
+                    (address, self._target.port),
+                    timeout=min(remaining, self._connect_timeout or remaining))
             except OSError as exc:
                 error = exc
+                continue
+            # Reads may take what is left of the deadline, not only the connect timeout.
+            sock.settimeout(max(0.001, self._deadline - time.monotonic()))
+            return sock
         raise error
 
     def abort(self) -> None:
@@ -251,6 +433,14 @@ class _PinnedConnection(http.client.HTTPConnection):
             # blocked thread is using.
             with suppress(OSError):
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _timed_out(connection: _PinnedConnection, timeout: float,
+               connect_timeout: float | None) -> OutboundTimeout:
+    if not connection.reached:
+        limit = min(timeout, connect_timeout or timeout)
+        return OutboundTimeout(f"no connection within {limit:g} s")
+    return OutboundTimeout(f"no answer within {timeout:g} s")
 
 
 def _describe(exc: Exception) -> str:

@@ -46,7 +46,8 @@ ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 class VersionStatus(StrEnum):
-    """A version is made when its training starts and never changes once ready or failed."""
+    """A version is made when its training starts and never changes once ready or failed, but
+    for its learning curve, which the job adds to its metrics after it is ready."""
 
     TRAINING = "training"
     READY = "ready"

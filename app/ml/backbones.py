@@ -181,6 +181,14 @@ def load_backbone(name: str, device: str = "cpu") -> torch.nn.Module:
         return model
 
 
+def release_backbone(name: str, device: str = "cpu") -> None:
+    """Drop the cached module of `name` on `device`, if any: for a process that serves it by
+    another engine (ONNX Runtime), torch's copy is tens of MiB of weights it never uses again.
+    A later load_backbone builds it anew."""
+    with _models_lock:
+        _models.pop((name, str(torch.device(device))), None)
+
+
 def preprocess_array(network: Network, image: Image.Image) -> np.ndarray:
     """Return the normalised (3, S, S) float32 input array for one RGB image."""
     if image.mode != "RGB":

@@ -189,6 +189,9 @@ class OnnxRunner:
                       backbone, difference)
             return None
         log.info("onnx.ready backbone=%s max_abs_diff=%.3g", backbone, difference)
+        from app.ml.backbones import release_backbone
+
+        release_backbone(backbone, "cpu")  # the export and the check were its last uses here
         return session
 
     def _load(self, path: Path) -> onnxruntime.InferenceSession | None:

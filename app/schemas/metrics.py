@@ -92,7 +92,9 @@ class VersionMetrics(Stored):
     backbone: str
     head: str
     selection: str
-    learning_curve: LearningCurve
+    # Measured after the version is served (it answers predictions first): None for the few
+    # seconds between, and where the curve could not be measured.
+    learning_curve: LearningCurve | None = None
 
     @classmethod
     def of(cls, version: ModelVersion) -> VersionMetrics | None:

@@ -108,7 +108,20 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
 
     progress("selecting_model", 0.7)
     result = fit_model(features, targets, labels, seed=0)
-    metrics = None
+    metrics = VersionMetrics.model_validate(result.metrics) if result.metrics else None
+    params = VersionParams.model_validate({
+        "l2": result.candidate.l2, "views": settings.views, "metrics_note": result.metrics_note,
+        "candidates": result.scores, "unknown_threshold": (result.unknown or {}).get("threshold")})
+    train_seconds = time.perf_counter() - started
+
+    progress("saving", 0.8)
+    served = _serve_version(runtime, job_id=job_id, result=result, metrics=metrics,
+                            params=params, image_ids=[image_id for image_id, _, _ in rows],
+                            targets=[int(t) for t in targets], train_seconds=train_seconds)
+    # The version answers predictions from here on; the learning curve (150 fits of the chosen
+    # head, a third of a training's fitting time) is advice about collecting more images, so it
+    # is measured after, and the job ends once it is stored (docs/EXPERIMENTS.md).
+    curve = None
     if result.metrics is not None:
         progress("learning_curve", 0.85)
         chosen = features[result.candidate.backbone]
@@ -119,19 +132,12 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
             return [head.predict_proba(chosen[val, 0])
                     for head, (_, val) in zip(heads, pairs, strict=True)]
 
-        curve = summarize(targets, None, fit_predict_many=fit_predict_many,
-                          accuracy=result.metrics["accuracy"])
-        metrics = VersionMetrics.model_validate({**result.metrics, "learning_curve": curve})
-    params = VersionParams.model_validate({
-        "l2": result.candidate.l2, "views": settings.views, "metrics_note": result.metrics_note,
-        "candidates": result.scores, "unknown_threshold": (result.unknown or {}).get("threshold")})
-    train_seconds = time.perf_counter() - started
-
-    progress("saving", 0.97)
-    outcome = _save_version(runtime, job_id=job_id, number=number, result=result,
-                            metrics=metrics, params=params,
-                            image_ids=[image_id for image_id, _, _ in rows],
-                            targets=[int(t) for t in targets], train_seconds=train_seconds)
+        try:
+            curve = summarize(targets, None, fit_predict_many=fit_predict_many,
+                              accuracy=result.metrics["accuracy"])
+        except Exception:  # advice missing, the version served all the same
+            log.exception("training.curve.failed job=%s", job_id)
+    outcome = _finish(runtime, job_id=job_id, number=number, served=served, curve=curve)
     _after_training(runtime, outcome)
 
 
@@ -176,9 +182,23 @@ class TrainingOutcome:
     summary: dict[str, Any]
 
 
-def _save_version(runtime: Runtime, *, job_id: str, number: int, result: FitResult,
-                  metrics: VersionMetrics | None, params: VersionParams, image_ids: list[int],
-                  targets: list[int], train_seconds: float) -> TrainingOutcome:
+@dataclass(frozen=True)
+class _Served:
+    """What _serve_version made active, for the job's end to report."""
+
+    activated: bool
+    previous_version: int | None  # the one active before
+    backbone: str
+    head: str
+    images: int
+    train_seconds: float
+
+
+def _serve_version(runtime: Runtime, *, job_id: str, result: FitResult,
+                   metrics: VersionMetrics | None, params: VersionParams, image_ids: list[int],
+                   targets: list[int], train_seconds: float) -> _Served:
+    """Save the head and make the version ready (and active, as the job's policy says) in one
+    commit, the job still running: from here on it answers predictions."""
     from app.ml.artifacts import save_artifact
 
     candidate = result.candidate
@@ -210,22 +230,44 @@ def _save_version(runtime: Runtime, *, job_id: str, number: int, result: FitResu
         version.activation = {"policy": policy, "activated": activated, "reason": reason}
         if activated:
             model.active_version_id = version.id
-        model.state = ModelState.READY if activated or model.active_version_id \
-            else ModelState.CREATED
+        # The model stays `training` until the job ends; it predicts with its active version.
         # Fenced: a run the reconciler failed meanwhile (timed out, say) stays failed.
+        still_running = session.scalar(select(Job.id).where(
+            Job.id == job_id, Job.status == JobStatus.RUNNING).with_for_update())
+        if still_running is None:
+            session.rollback()
+            raise job_service.JobLost("This training was ended before it could be saved.")
+        session.commit()
+    return _Served(activated=activated, previous_version=previous, backbone=candidate.backbone,
+                   head=candidate.head, images=len(image_ids), train_seconds=train_seconds)
+
+
+def _finish(runtime: Runtime, *, job_id: str, number: int, served: _Served,
+            curve: dict[str, Any] | None) -> TrainingOutcome:
+    """Store the learning curve in the served version's metrics and end the job succeeded."""
+    with runtime.session_factory() as session:
+        job = session.get(Job, job_id)
+        model = session.get(Model, job.model_id) if job else None
+        version = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id))
+        if job is None or model is None or version is None:
+            raise NotFound("The model of this job was deleted.")
+        if curve is not None and version.metrics is not None:
+            version.metrics = VersionMetrics.model_validate(
+                {**version.metrics, "learning_curve": curve}).model_dump(mode="json")
+        model.state = ModelState.READY if model.active_version_id else ModelState.CREATED
         if not job_service.mark_succeeded(session, job_id=job_id, result={
-                "version_id": version.id, "version": number, "activated": activated}):
+                "version_id": version.id, "version": number, "activated": served.activated}):
             session.rollback()
             raise job_service.JobLost("This training was ended before it could be saved.")
         session.commit()
         active = model.active_version.number if model.active_version else None
         outcome = TrainingOutcome(
             account_id=model.account_id, model_id=model.id, version=number,
-            activated=activated, active_version=active, previous_version=previous,
-            summary=version_summary(version))
+            activated=served.activated, active_version=active,
+            previous_version=served.previous_version, summary=version_summary(version))
     log.info("training.run.succeeded job=%s version=%d backbone=%s head=%s images=%d "
-             "seconds=%.1f activated=%s", job_id, number, candidate.backbone, candidate.head,
-             len(image_ids), train_seconds, activated)
+             "seconds=%.1f activated=%s", job_id, number, served.backbone, served.head,
+             served.images, served.train_seconds, served.activated)
     return outcome
 
 

@@ -95,3 +95,35 @@ def test_a_failed_retraining_keeps_the_previous_version_serving(tmp_path) -> Non
         predicted = client.post(f"/api/v1/models/{model_id}/predict", headers=bearer(),
                                 files=files_of(TREES / "test" / "hemlock" / "test_image.jpg"))
         assert predicted.status_code == 200 and predicted.json()["version"] == 1
+
+
+def test_the_version_serves_before_its_learning_curve_and_a_failed_curve_fails_nothing(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import app.ml.curve as curve_module
+    from app.db.tables import Model
+
+    seen: list[tuple[object, object, object]] = []
+
+    def failing_summarize(*args, **kwargs):  # type: ignore[no-untyped-def]
+        with runtime.session_factory() as session:
+            model = session.get(Model, model_id)
+            seen.append((model.active_version.number, str(model.active_version.status),
+                         str(model.state)))
+        raise ValueError("no curve for this one")
+
+    monkeypatch.setattr(curve_module, "summarize", failing_summarize)
+    settings = make_settings(tmp_path, extract_on_upload=False)
+    with TestClient(create_app(settings)) as client:
+        runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        model_id = create_model(client)
+        for label in ("hemlock", "japanese_cherry"):
+            upload(client, model_id, label, tree_photos(label)[:4])
+        job_id = client.post(f"/api/v1/models/{model_id}/train", headers=bearer()).json()["job_id"]
+        assert wait_for_job(client, job_id)["status"] == "succeeded"
+        # While the curve was being measured the new version was already the active, ready one.
+        assert seen == [(1, "ready", "training")]
+        model = client.get(f"/api/v1/models/{model_id}", headers=bearer()).json()
+        assert model["state"] == "ready" and model["metrics"]["accuracy"] > 0
+        assert model["metrics"]["learning_curve"] is None
+        metrics = client.get(f"/api/v1/models/{model_id}/metrics", headers=bearer())
+        assert metrics.status_code == 200 and metrics.json()["learning_curve"] is None

@@ -61,6 +61,15 @@ def test_an_export_is_made_once_and_reused(shared: OnnxRunner, tmp_path: Path,
     assert again.session("mobilenet_v2") is not None
 
 
+def test_a_checked_export_leaves_no_torch_copy_behind(tmp_path: Path) -> None:
+    from app.ml import backbones
+
+    backbones.load_backbone("mobilenet_v2")  # as the export and the parity check load it
+    runner = OnnxRunner(ENGINES)
+    assert runner.session("mobilenet_v2") is not None
+    assert ("mobilenet_v2", "cpu") not in backbones._models
+
+
 def test_a_damaged_export_is_made_again(tmp_path: Path, shared: OnnxRunner) -> None:
     shared.session("mobilenet_v2")
     path = export_path(tmp_path, "mobilenet_v2")

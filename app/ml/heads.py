@@ -145,9 +145,67 @@ class PrototypeHead(_Head):
         return self.temperature * sims
 
 
-Head = LogisticHead | PrototypeHead
-HEAD_KINDS: dict[str, type[LogisticHead] | type[PrototypeHead]] = {
-    cls.kind: cls for cls in (LogisticHead, PrototypeHead)
+@dataclass
+class MultiLabelHead(_Head):
+    """One-vs-rest sigmoids: p = sigmoid((scale * normalise(x, mean)) @ weight.T + bias), and a
+    category is predicted where p >= its threshold."""
+
+    kind: ClassVar[str] = "multilabel_logistic"
+
+    weight: np.ndarray  # (n_categories, dim)
+    bias: np.ndarray  # (n_categories,)
+    scale: float
+    thresholds: np.ndarray  # (n_categories,) in [0, 1]
+
+    def __post_init__(self) -> None:
+        self.mean, self.weight, self.bias, self.thresholds = map(
+            _float64, (self.mean, self.weight, self.bias, self.thresholds)
+        )
+        self.scale = float(self.scale)
+        mean, weight = self.mean, self.weight
+        n = weight.shape[0] if weight.ndim == 2 else -1
+        if (
+            mean.ndim != 1
+            or weight.ndim != 2
+            or weight.shape[1] != mean.shape[0]
+            or self.bias.shape != (n,)
+            or self.thresholds.shape != (n,)
+        ):
+            raise ValueError(
+                f"inconsistent MultiLabelHead shapes: mean {mean.shape}, weight {weight.shape}, "
+                f"bias {self.bias.shape}, thresholds {self.thresholds.shape}"
+            )
+        if not ((self.thresholds >= 0) & (self.thresholds <= 1)).all():
+            raise ValueError(f"thresholds must lie in [0, 1], got {self.thresholds.tolist()}")
+
+    @property
+    def n_categories(self) -> int:
+        return int(self.weight.shape[0])
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """Return (N, n_categories) independent probabilities (rows need not sum to 1); raise
+        ValueError on a dimension mismatch."""
+        shape = np.shape(features)
+        if len(shape) != 2 or shape[1] != self.mean.shape[0]:
+            raise ValueError(f"expected features of shape (N, {self.mean.shape[0]}), got {shape}")
+        return _sigmoid(self._logits(normalise(features, self.mean)))
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Return (N, n_categories) booleans: each category's probability >= its threshold."""
+        return self.predict_proba(features) >= self.thresholds
+
+    def _logits(self, z: np.ndarray) -> np.ndarray:
+        return self.scale * z @ self.weight.T + self.bias
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    # exp(-log(1 + exp(-t))) never overflows, whatever the sign of t.
+    return np.exp(-np.logaddexp(0.0, -logits))
+
+
+Head = LogisticHead | PrototypeHead | MultiLabelHead
+HEAD_KINDS: dict[str, type[LogisticHead] | type[PrototypeHead] | type[MultiLabelHead]] = {
+    cls.kind: cls for cls in (LogisticHead, PrototypeHead, MultiLabelHead)
 }
 # Kinds earlier versions saved that this one cannot load: the model must be trained again.
 _RETIRED_KINDS = {"mlp": "small neural network (MLP)"}

@@ -28,6 +28,8 @@ class UploadResult(BaseModel):
     also_in: list[str] | None = Field(
         default=None, description="accepted bytes that are in these categories too: a label "
         "conflict, listed among the review's duplicates")
+    labels: list[str] | None = Field(
+        default=None, description="multi-label models: the categories the upload gave it")
     error: FileError | None = None
 
 

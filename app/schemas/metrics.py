@@ -98,7 +98,57 @@ class VersionMetrics(Stored):
 
     @classmethod
     def of(cls, version: ModelVersion) -> VersionMetrics | None:
-        return None if version.metrics is None else cls.model_validate(version.metrics)
+        """The metrics of a single-label version (None for none, and for a multi-label one)."""
+        if version.metrics is None or version.metrics.get("kind") == MULTI_LABEL_KIND:
+            return None
+        return cls.model_validate(version.metrics)
+
+
+MULTI_LABEL_KIND = "multi_label"
+
+
+class CategoryMetrics(Stored):
+    """One category of a multi-label version, from held-out predictions."""
+
+    label: str
+    precision: Share
+    recall: Share
+    f1: Share
+    average_precision: Share | None  # None: no image carries the category
+    support: NonNegativeInt
+    threshold: Share  # the serving head's: a probability at or above it says yes
+
+
+class MultiLabelMetrics(Stored):
+    """Nested cross-validation of a multi-label version: backbone, l2 and every category's
+    threshold chosen again inside each outer fold (app.ml.multilabel)."""
+
+    kind: str = Field(pattern=f"^{MULTI_LABEL_KIND}$")
+    micro_f1: Share
+    macro_f1: Share
+    micro_precision: Share
+    micro_recall: Share
+    mean_average_precision: Share | None
+    exact_match: Share
+    per_category: list[CategoryMetrics]
+    n_images: PositiveInt
+    n_folds: PositiveInt
+    method: str
+    backbone: str
+    head: str
+    l2: float | None
+    selection: str
+
+    @classmethod
+    def of(cls, version: ModelVersion) -> MultiLabelMetrics | None:
+        if version.metrics is None or version.metrics.get("kind") != MULTI_LABEL_KIND:
+            return None
+        return cls.model_validate(version.metrics)
+
+
+def metrics_of(version: ModelVersion) -> VersionMetrics | MultiLabelMetrics | None:
+    """A version's stored metrics in the shape of its kind."""
+    return MultiLabelMetrics.of(version) or VersionMetrics.of(version)
 
 
 class CandidateScore(Stored):

@@ -6,12 +6,21 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from app.db.tables import Model, ModelVersion, VersionStatus
-from app.schemas.metrics import TrainingSettings, VersionMetrics, VersionParams
+from app.schemas.metrics import (
+    MultiLabelMetrics,
+    TrainingSettings,
+    VersionMetrics,
+    VersionParams,
+    metrics_of,
+)
 
 
 class ModelCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200, examples=["ants vs bees"])
     categories: list[str] = Field(examples=[["ants", "bees"]], description="2 to 100 names")
+    kind: Literal["single_label", "multi_label"] = Field(
+        default="single_label", description="single_label: each image is one of the categories; "
+        "multi_label: an image may carry several (or none), each category has its own threshold")
 
 
 class CategoryOut(BaseModel):
@@ -45,7 +54,7 @@ class VersionOut(BaseModel):
         return cls(id=version.id, number=version.number, status=version.status,
                    error=version.error, active=version.id == active_id,
                    backbone=version.backbone, head=version.head,
-                   image_count=len(version.image_ids),
+                   image_count=len(set(version.image_ids)),  # multi-label: a pair per label
                    accuracy=(version.metrics or {}).get("accuracy"),
                    train_seconds=version.train_seconds,
                    activation=ActivationOut.model_validate(version.activation)
@@ -79,7 +88,7 @@ class VersionChanges(BaseModel):
 class VersionDetail(VersionOut):
     labels: list[str]
     settings: TrainingSettings | None
-    metrics: VersionMetrics | None
+    metrics: VersionMetrics | MultiLabelMetrics | None
     metrics_note: str | None
     changes: VersionChanges | None
     images: list[TrainedImage]
@@ -99,7 +108,7 @@ class VersionDetail(VersionOut):
         if labels is None:  # older versions: the categories are in their review data only
             labels = [-1] * len(version.image_ids)
         return cls(**base.model_dump(), labels=list(version.labels), settings=settings,
-                   metrics=VersionMetrics.of(version) if ready else None,
+                   metrics=metrics_of(version) if ready else None,
                    metrics_note=params.metrics_note if params is not None else None,
                    changes=VersionChanges.model_validate(version.changes)
                    if version.changes else None,
@@ -138,7 +147,7 @@ class ModelOut(BaseModel):
     categories: list[CategoryOut]
     unlabelled: int = Field(description="images in the unlabelled pool, which training ignores")
     backbone: str | None
-    metrics: VersionMetrics | None
+    metrics: VersionMetrics | MultiLabelMetrics | None
     metrics_note: str | None = None
     version: VersionOut | None
     created_at: datetime
@@ -154,7 +163,7 @@ class ModelOut(BaseModel):
                         for c in model.categories],
             unlabelled=(unlabelled or {}).get(model.id, 0),
             backbone=version.backbone if version else None,
-            metrics=VersionMetrics.of(version) if version else None,
+            metrics=metrics_of(version) if version else None,
             metrics_note=VersionParams.of(version).metrics_note if version else None,
             version=VersionOut.build(version, active_id=version.id) if version else None,
             created_at=model.created_at, updated_at=model.updated_at,

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from app.db.tables import Account
 from app.errors import InvalidInput, Unavailable
 from app.runtime import Runtime
-from app.services.models import get_model
+from app.services.models import get_model, refuse_multi_label
 from app.services.versions import load_head, serving_version
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ def export_version(session: Session, runtime: Runtime, *, account: Account, mode
         raise InvalidInput(f"Unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}.",
                            code="unknown_format", details={"formats": list(FORMATS)})
     model = get_model(session, account=account, model_id=model_id)
+    refuse_multi_label(model, "The ONNX export")
     version = serving_version(session, model=model, number=number)
     head, meta = load_head(runtime, version)
     facts = {"model_id": model.id, "model_name": model.name, "version": str(version.number),

@@ -25,7 +25,7 @@ from app.ml.imaging import DecodedImage, ImageRejected, PixelBudget, decode_imag
 from app.runtime import Runtime
 from app.services import jobs as job_service
 from app.services.features import request_extraction
-from app.services.models import get_model, remove_unused_images
+from app.services.models import MULTI_LABEL, get_model, remove_unused_images
 from app.services.quotas import check_disk, check_new_images, size_of
 from app.services.thumbnails import thumbnail_of
 from app.storage import atomic_writer
@@ -117,7 +117,8 @@ _InStore = tuple[_Checked, str, int]  # a decoded upload, its digest, its size i
 
 
 def add_images(session: Session, runtime: Runtime, *, account: Account, model_id: str,
-               category: str | None, uploads: list[Upload]) -> list[dict[str, Any]]:
+               category: str | None, uploads: list[Upload],
+               labels: list[str] | None = None) -> list[dict[str, Any]]:
     """Store each acceptable upload, labelled `category` or, for None, in the unlabelled pool;
     return one result per file, in order.
 
@@ -130,7 +131,8 @@ def add_images(session: Session, runtime: Runtime, *, account: Account, model_id
     own 4xx when none of them is usable.
     """
     model = get_model(session, account=account, model_id=model_id)
-    target = find_category(model, category)
+    label_sets = label_sets_of(model, category=category, labels=labels, n_files=len(uploads))
+    target = find_category(model, category) if label_sets is None else None
     names = {c.id: c.name for c in model.categories}
     check_new_images(session, runtime.settings, model, len(uploads))
     session.commit()  # ends the read: no connection or lock is held while the files decode
@@ -141,16 +143,26 @@ def add_images(session: Session, runtime: Runtime, *, account: Account, model_id
     check_disk(runtime.settings, size_of(item.upload.file for item in checked))
     with runtime.blobs.holding() as hold:  # until the rows commit: no delete takes these blobs
         stored = [(item, *hold.store(item.upload.file)) for item in checked]
-        try:
-            accepted = _insert_rows(session, model_id=model.id, target=target, names=names,
+        if label_sets is not None:
+            by_upload = {id(upload): sets for upload, sets in zip(uploads, label_sets,
+                                                                  strict=True)}
+            sets = [by_upload[id(item.upload)] for item in checked]
+
+            def insert() -> int:
+                return _insert_labelled_rows(session, model_id=model.id, label_sets=sets,
+                                             stored=stored)
+        else:
+            def insert() -> int:
+                return _insert_rows(session, model_id=model.id, target=target, names=names,
                                     stored=stored)
+        try:
+            accepted = insert()
         except IntegrityError:
             # Another request committed a conflicting row (or dropped the category) between
             # this one's read and its insert; reading again answers from what is there now:
             # a duplicate, another copy, or a 404.
             session.rollback()
-            accepted = _insert_rows(session, model_id=model.id, target=target, names=names,
-                                    stored=stored)
+            accepted = insert()
     if accepted:
         request_extraction(session, runtime, account=account, model=model)
     log.info("images.added model=%s category=%s accepted=%d of %d", model.id,
@@ -247,6 +259,95 @@ def sweep_unused_blobs(runtime: Runtime) -> int:
     if removed:
         log.info("images.swept removed=%d", removed)
     return removed
+
+
+def label_sets_of(model: Model, *, category: str | None, labels: list[str] | None,
+                  n_files: int) -> list[list[Category]] | None:
+    """The categories of each file of an upload to a multi-label model (None for a single-label
+    one, whose files all go to `category`); raises InvalidInput.
+
+    `labels` holds comma-separated category names, one entry per file in order or one for all
+    the files; `category` alone gives every file that one label. An empty entry puts that file
+    in the unlabelled pool.
+    """
+    if model.kind != MULTI_LABEL:
+        if labels:
+            raise InvalidInput("`labels` is for multi-label models; send one `category` for "
+                               "the files of a single-label model.", code="labels_not_allowed")
+        return None
+    if labels and category and category.strip():
+        raise InvalidInput("Send either `category` (one label for every file) or `labels` "
+                           "(each file's labels), not both.", code="labels_and_category")
+    if not labels:
+        found = find_category(model, category)
+        return [[found] if found is not None else []] * n_files
+    if len(labels) not in (1, n_files):
+        raise InvalidInput(f"Send one `labels` entry per file ({n_files}) or one for all of "
+                           f"them; got {len(labels)}.", code="labels_count")
+    parsed = []
+    for entry in labels:
+        names = list(dict.fromkeys(n.strip() for n in entry.split(",") if n.strip()))
+        parsed.append([found for name in names
+                       if (found := find_category(model, name)) is not None])
+    return parsed * n_files if len(parsed) == 1 else parsed
+
+
+def _insert_labelled_rows(session: Session, *, model_id: str,
+                          label_sets: list[list[Category]], stored: list[_InStore]) -> int:
+    """_insert_rows for a multi-label model: one row per distinct image, carrying each of its
+    categories; bytes already in the model gain the labels they lacked (accepted) or are a
+    duplicate. Commits; returns how many files were accepted."""
+    locked = session.execute(update(Model).where(Model.id == model_id)
+                             .values(updated_at=utcnow()))
+    if not locked.rowcount:  # type: ignore[attr-defined]
+        raise NotFound(f"No model with id {model_id!r}.", code="model_not_found")
+    wanted = {c.id for cats in label_sets for c in cats}
+    alive = set(session.scalars(select(Category.id).where(Category.id.in_(wanted)))) \
+        if wanted else set()
+    if wanted - alive:
+        raise NotFound("A category of this upload was deleted; nothing was stored.",
+                       code="unknown_category")
+    images: dict[str, Image] = {}
+    have: dict[int, set[int]] = {}
+    for image, category_id in session.execute(
+            select(Image, ImageLabel.category_id)
+            .outerjoin(ImageLabel, ImageLabel.image_id == Image.id)
+            .where(Image.model_id == model_id)):
+        images.setdefault(image.sha256, image)
+        if category_id is not None:
+            have.setdefault(image.id, set()).add(category_id)
+    pending: list[tuple[dict[str, Any], Image, list[Category]]] = []
+    accepted = 0
+    for (item, digest, size), cats in zip(stored, label_sets, strict=True):
+        shape = {"sha256": digest, "width": item.width, "height": item.height,
+                 "labels": [c.name for c in cats]}
+        image = images.get(digest)
+        if image is None:
+            image = Image(model_id=model_id, sha256=digest, copy=0,
+                          filename=item.upload.filename[:500], format=item.format,
+                          width=item.width, height=item.height, size_bytes=size)
+            session.add(image)
+            images[digest] = image
+            item.result.update(status="accepted", **shape)
+            pending.append((item.result, image, cats))
+            accepted += 1
+            continue
+        if image.id is None:  # the same bytes twice in this upload
+            item.result.update(status="duplicate", sha256=digest)
+            pending.append((item.result, image, []))
+            continue
+        new = [c for c in cats if c.id not in have.setdefault(image.id, set())]
+        session.add_all([ImageLabel(image_id=image.id, category_id=c.id) for c in new])
+        have[image.id].update(c.id for c in new)
+        item.result.update(status="accepted" if new else "duplicate", image_id=image.id,
+                           **(shape if new else {"sha256": digest}))
+        accepted += bool(new)
+    session.flush()
+    for result, image, cats in pending:
+        session.add_all([ImageLabel(image_id=image.id, category_id=c.id) for c in cats])
+        result["image_id"] = image.id
+    session.commit()
+    return accepted
 
 
 def _rows_by_digest(session: Session, model_id: str) -> dict[str, list[_Stored]]:

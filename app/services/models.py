@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.tables import Account, Category, Image, ImageLabel, Job, Model
-from app.errors import InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound
 from app.runtime import Runtime
 from app.services.quotas import check_new_model
 from app.services.thumbnails import discard_thumbnail
@@ -19,6 +19,8 @@ from app.services.thumbnails import discard_thumbnail
 log = logging.getLogger("nanonet.models")
 
 MAX_CATEGORIES = 100
+MODEL_KINDS = ("single_label", "multi_label")
+MULTI_LABEL = "multi_label"
 MAX_NAME_LENGTH = 200
 RESERVED_LABELS = frozenset({"unknown"})
 
@@ -58,19 +60,29 @@ def clean_categories(names: list[str]) -> list[str]:
 
 
 def create_model(session: Session, *, settings: Settings, account: Account, name: str,
-                   categories: list[str]) -> Model:
+                   categories: list[str], kind: str = "single_label") -> Model:
     """Create a model with its categories; raises InvalidInput, QuotaExceeded."""
+    if kind not in MODEL_KINDS:
+        raise InvalidInput(f"The kind must be one of {', '.join(MODEL_KINDS)}.",
+                           code="invalid_kind")
     check_new_model(session, settings, account)
     name = name.strip()
     if not name or len(name) > MAX_NAME_LENGTH:
         raise InvalidInput(f"The name must be 1 to {MAX_NAME_LENGTH} characters long.",
                            code="invalid_name")
-    model = Model(account_id=account.id, name=name)
+    model = Model(account_id=account.id, name=name, kind=kind)
     model.categories = [Category(name=category, position=index)
                           for index, category in enumerate(clean_categories(categories))]
     session.add(model)
     session.commit()
     return model
+
+
+def refuse_multi_label(model: Model, feature: str) -> None:
+    """Raise Conflict for a feature single-label models have and multi-label ones lack yet."""
+    if model.kind == MULTI_LABEL:
+        raise Conflict(f"{feature} is not available for multi-label models yet; it is for "
+                       "single-label ones.", code="not_for_multi_label")
 
 
 def get_model(session: Session, *, account: Account, model_id: str) -> Model:

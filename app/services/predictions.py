@@ -10,10 +10,11 @@ from app.db.tables import Account, ModelVersion
 from app.errors import Conflict
 from app.runtime import Runtime
 from app.services.images import Upload, decode_uploads, raise_if_nothing_accepted
-from app.services.models import RESERVED_LABELS, get_model
+from app.services.models import MULTI_LABEL, RESERVED_LABELS, get_model
 from app.services.versions import load_head, serving_version
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image as PILImage
 
     from app.ml.heads import Head
@@ -64,6 +65,10 @@ def usable_head(runtime: Runtime, version: ModelVersion, *,
     """Return the version's head and meta; raises Conflict: a version this server cannot run,
     or reject_unknown without a detector."""
     head, meta = load_head(runtime, version)
+    if reject_unknown and meta.get("kind") == MULTI_LABEL:
+        raise Conflict("A multi-label model has no `unknown` answer: an image unlike every "
+                       "category is predicted with no category (`labels` is empty).",
+                       code="unknown_not_calibrated")
     if reject_unknown and meta.get("unknown") is None:
         raise Conflict("This version cannot tell unknown images apart: it was trained with fewer "
                        "than 2 images in some category. Add images and train again.",
@@ -81,6 +86,28 @@ def label_images(runtime: Runtime, version: ModelVersion, images: list[PILImage.
     return label_with(runtime, head, meta, images, reject_unknown=reject_unknown)
 
 
+def _multi_labelled(head: Head, meta: dict[str, Any],
+                    probabilities: np.ndarray) -> list[dict[str, Any]]:
+    """A multi-label head's answer per image: every category with its probability, threshold
+    and whether it is predicted (at or above its threshold); `labels` lists those predicted,
+    and `label` is the most probable of them (None when no category is)."""
+    from app.ml.multilabel import ranked_predictions
+
+    thresholds = head.thresholds  # type: ignore[union-attr]  # a multi-label head
+    position = {name: index for index, name in enumerate(meta["labels"])}
+    answers = []
+    for ranked in ranked_predictions(probabilities, thresholds, meta["labels"]):
+        chosen = [(name, p) for name, p, selected in ranked if selected]
+        answers.append({
+            "label": chosen[0][0] if chosen else None,
+            "probability": round(chosen[0][1], 6) if chosen else None,
+            "labels": [name for name, _ in chosen],
+            "predictions": [{"label": name, "probability": round(p, 6), "selected": selected,
+                             "threshold": round(float(thresholds[position[name]]), 6)}
+                            for name, p, selected in ranked]})
+    return answers
+
+
 def label_with(runtime: Runtime, head: Head, meta: dict[str, Any],
                images: list[PILImage.Image], *,
                reject_unknown: bool = False) -> list[dict[str, Any]]:
@@ -92,6 +119,8 @@ def label_with(runtime: Runtime, head: Head, meta: dict[str, Any],
     probabilities, unknown = classify(head, used, images,
                                       batch_size=runtime.settings.feature_batch_size,
                                       runner=runtime.runner)
+    if meta.get("kind") == MULTI_LABEL:
+        return _multi_labelled(head, meta, probabilities)
     labelled = []
     for predictions, is_unknown in zip(top_predictions(probabilities, meta["labels"]), unknown,
                                        strict=True):

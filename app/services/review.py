@@ -29,7 +29,7 @@ from app.schemas.review import (
     SuspectedMislabel,
 )
 from app.services.features import extract
-from app.services.models import get_model
+from app.services.models import get_model, refuse_multi_label
 from app.services.versions import serving_version
 from app.storage import atomic_write
 
@@ -85,6 +85,7 @@ def version_review(session: Session, runtime: Runtime, *, account: Account, mode
     from app.ml import review
 
     model = get_model(session, account=account, model_id=model_id)
+    refuse_multi_label(model, "The review")
     version = serving_version(session, model=model, number=number)
     stored = _load_out_of_fold(out_of_fold_path(runtime.settings.models_dir,
                                                 version.artifact_path))

@@ -12,7 +12,7 @@ from app.db.tables import Account, Image, ImageLabel
 from app.schemas.images import ImageOut
 from app.schemas.suggestions import SuggestionList, SuggestionOut
 from app.services.features import extract
-from app.services.models import get_model
+from app.services.models import get_model, refuse_multi_label
 from app.services.review import duplicate_backbone
 from app.services.versions import load_head, serving_version
 
@@ -33,6 +33,7 @@ def suggest(session: Session, runtime: Runtime, *, account: Account, model_id: s
     from app.ml import suggest as ranking
 
     model = get_model(session, account=account, model_id=model_id)
+    refuse_multi_label(model, "Suggesting images to label")
     version = serving_version(session, model=model, number=None)
     rows = list(session.execute(
         select(Image, ImageLabel.category_id)

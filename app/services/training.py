@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,10 +16,10 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.tables import Account, Job, JobStatus, Model, ModelState, ModelVersion, VersionStatus
 from app.errors import InvalidInput, NotFound
-from app.schemas.metrics import VersionMetrics, VersionParams
+from app.schemas.metrics import MULTI_LABEL_KIND, MultiLabelMetrics, VersionMetrics, VersionParams
 from app.services import jobs as job_service
 from app.services.features import extract
-from app.services.models import get_model, training_set
+from app.services.models import MULTI_LABEL, get_model, training_set
 from app.services.review import out_of_fold_path, save_out_of_fold
 from app.services.versions import (
     ACTIVATE_POLICIES,
@@ -30,6 +31,7 @@ from app.services.versions import (
 from app.services.webhooks import emit
 
 if TYPE_CHECKING:
+    from app.ml.multilabel import MultiLabelResult
     from app.ml.select import FitResult
     from app.runtime import Runtime
 
@@ -88,6 +90,7 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
         rows = training_set(session, model_id=model.id)
         check_trainable(model, [position for _, _, position in rows])
         labels = [category.name for category in model.categories]
+        multi_label = model.kind == MULTI_LABEL
         policy = (job.params or {}).get("activate", "always")
         number = _start_version(session, job=job, model=model, labels=labels, rows=rows,
                                 settings={"backbones": list(backbones), "views": settings.views,
@@ -101,9 +104,15 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
     if not backbones:
         raise InvalidInput("No backbone weights are installed; see README's install step.",
                            code="no_backbone")
-    features = extract(runtime, [digest for _, digest, _ in rows], backbones=backbones,
+    # A multi-label image is one row per category it carries: its features are needed once.
+    images = list(dict.fromkeys((image_id, digest) for image_id, digest, _ in rows))
+    features = extract(runtime, [digest for _, digest in images], backbones=backbones,
                        views=settings.views,
                        progress=lambda f: progress("extracting_features", 0.02 + 0.68 * f))
+    if multi_label:
+        _fit_multi_label(runtime, job_id=job_id, number=number, rows=rows, images=images,
+                         labels=labels, features=features, started=started, progress=progress)
+        return
     targets = np.array([position for _, _, position in rows])
 
     progress("selecting_model", 0.7)
@@ -139,6 +148,38 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
             log.exception("training.curve.failed job=%s", job_id)
     outcome = _finish(runtime, job_id=job_id, number=number, served=served, curve=curve)
     _after_training(runtime, outcome)
+
+
+def _fit_multi_label(runtime: Runtime, *, job_id: str, number: int,
+                     rows: list[tuple[int, str, int]], images: list[tuple[int, str]],
+                     labels: list[str], features: dict[str, np.ndarray], started: float,
+                     progress: Callable[[str, float], None]) -> None:
+    """The multi-label job body after extraction: one-vs-rest heads, per-category thresholds
+    and nested-CV metrics (app.ml.multilabel), saved and served as a single-label one is."""
+    from app.ml.multilabel import select_multilabel
+
+    progress("selecting_model", 0.7)
+    row_of = {image_id: row for row, (image_id, _) in enumerate(images)}
+    matrix = np.zeros((len(images), len(labels)), dtype=np.int64)
+    for image_id, _, position in rows:
+        matrix[row_of[image_id], position] = 1
+    try:
+        result = select_multilabel(features, matrix, labels, seed=0)
+    except ValueError as exc:  # too few images for some category, say: the person can act
+        raise InvalidInput(f"This multi-label model cannot be trained yet: {exc}",
+                           code="not_enough_images") from exc
+    metrics = (MultiLabelMetrics.model_validate({"kind": MULTI_LABEL_KIND, **result.metrics})
+               if result.metrics else None)
+    params = VersionParams.model_validate({
+        "l2": result.candidate.l2, "views": runtime.settings.views,
+        "metrics_note": result.metrics_note, "candidates": [], "unknown_threshold": None})
+    progress("saving", 0.9)
+    served = _serve_version(runtime, job_id=job_id, result=result, metrics=metrics,
+                            params=params, image_ids=[image_id for image_id, _ in images],
+                            targets=[], train_seconds=time.perf_counter() - started,
+                            kind=MULTI_LABEL)
+    _after_training(runtime, _finish(runtime, job_id=job_id, number=number, served=served,
+                                     curve=None))
 
 
 def _start_version(session: Session, *, job: Job, model: Model, labels: list[str],
@@ -194,9 +235,10 @@ class _Served:
     train_seconds: float
 
 
-def _serve_version(runtime: Runtime, *, job_id: str, result: FitResult,
-                   metrics: VersionMetrics | None, params: VersionParams, image_ids: list[int],
-                   targets: list[int], train_seconds: float) -> _Served:
+def _serve_version(runtime: Runtime, *, job_id: str, result: FitResult | MultiLabelResult,
+                   metrics: VersionMetrics | MultiLabelMetrics | None, params: VersionParams,
+                   image_ids: list[int], targets: list[int], train_seconds: float,
+                   kind: str = "single_label") -> _Served:
     """Save the head and make the version ready (and active, as the job's policy says) in one
     commit, the job still running: from here on it answers predictions."""
     from app.ml.artifacts import save_artifact
@@ -213,8 +255,9 @@ def _serve_version(runtime: Runtime, *, job_id: str, result: FitResult,
         relative = f"{model.id}/{version.id}.pt"
         save_artifact(runtime.settings.models_dir / relative, head=result.head, meta={
             "labels": version.labels, "backbone": candidate.backbone, "head": candidate.head,
-            "version_id": version.id, "model_id": model.id, "unknown": result.unknown})
-        if result.out_of_fold is not None:  # what GET /review derives from, with no refit
+            "version_id": version.id, "model_id": model.id, "kind": kind,
+            "unknown": getattr(result, "unknown", None)})
+        if kind != MULTI_LABEL and result.out_of_fold is not None:  # GET /review's input
             save_out_of_fold(out_of_fold_path(runtime.settings.models_dir, relative),
                              image_ids=image_ids, labels=targets,
                              probabilities=result.out_of_fold)
@@ -251,7 +294,7 @@ def _finish(runtime: Runtime, *, job_id: str, number: int, served: _Served,
         version = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id))
         if job is None or model is None or version is None:
             raise NotFound("The model of this job was deleted.")
-        if curve is not None and version.metrics is not None:
+        if curve is not None and VersionMetrics.of(version) is not None:
             version.metrics = VersionMetrics.model_validate(
                 {**version.metrics, "learning_curve": curve}).model_dump(mode="json")
         model.state = ModelState.READY if model.active_version_id else ModelState.CREATED

@@ -221,8 +221,9 @@ def decide_activation(policy: str, *, new: ModelVersion,
     if policy == "always" or active is None:
         return True, ("activate=always" if policy == "always"
                       else "activate=if_better: no version was active")
-    new_accuracy = (new.metrics or {}).get("accuracy")
-    old_accuracy = (active.metrics or {}).get("accuracy")
+    # A multi-label version is scored by its micro-F1, as a single-label one by its accuracy.
+    new_accuracy = _headline(new)
+    old_accuracy = _headline(active)
     if old_accuracy is None:
         return True, (f"activate=if_better: version {active.number} has no cross-validated "
                       "accuracy to beat")
@@ -236,11 +237,17 @@ def decide_activation(policy: str, *, new: ModelVersion,
                    f"version {active.number}, which stays active")
 
 
+def _headline(version: ModelVersion) -> float | None:
+    metrics = version.metrics or {}
+    return metrics.get("accuracy", metrics.get("micro_f1"))
+
+
 def version_summary(version: ModelVersion) -> dict[str, Any]:
     """What events say about a version: its number, model and headline metrics."""
     metrics = version.metrics or {}
     return {"number": version.number, "status": version.status, "backbone": version.backbone,
             "head": version.head, "train_seconds": version.train_seconds,
             "metrics": {key: metrics[key] for key in
-                        ("accuracy", "balanced_accuracy", "log_loss", "n_images")
+                        ("accuracy", "balanced_accuracy", "log_loss", "micro_f1",
+                         "macro_f1", "n_images")
                         if key in metrics} or None}

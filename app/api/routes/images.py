@@ -48,11 +48,16 @@ CACHE_REVALIDATE = "private, no-cache"
              dependencies=[Depends(limit_uploads)])
 def upload_images(model_id: str, session: SessionDep, runtime: RuntimeDep, account: AccountDep,
                   category: Annotated[str | None, Form()] = None,
+                  labels: Annotated[list[str] | None, Form()] = None,
                   files: Annotated[list[UploadFile] | None, File()] = None) -> UploadResponse:
     """Add images to one category, or without `category` to the unlabelled pool; each file gets
-    its own result (accepted/duplicate/rejected)."""
+    its own result (accepted/duplicate/rejected).
+
+    Multi-label models take `labels` instead: comma-separated category names, one entry per
+    file in order (or one entry for every file)."""
     results = image_service.add_images(session, runtime, account=account, model_id=model_id,
-                                       category=category, uploads=read_uploads(files, runtime))
+                                       category=category, uploads=read_uploads(files, runtime),
+                                       labels=labels)
     return UploadResponse(model_id=model_id, category=(category or "").strip() or None,
                           accepted=sum(r["status"] == "accepted" for r in results),
                           results=[UploadResult.model_validate(r) for r in results])

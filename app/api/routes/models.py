@@ -16,7 +16,8 @@ router = APIRouter(prefix="/models", tags=["models"])
 def create_model(body: ModelCreate, session: SessionDep, runtime: RuntimeDep,
                  account: AccountDep) -> ModelOut:
     model = model_service.create_model(session, settings=runtime.settings, account=account,
-                                      name=body.name, categories=body.categories)
+                                      name=body.name, categories=body.categories,
+                                      kind=body.kind)
     return ModelOut.build(model, {})
 
 

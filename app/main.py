@@ -18,6 +18,8 @@ from app.api.rate_limits import build_rate_limiter
 from app.api.router import api_router
 from app.api.routes import health
 from app.api.security_headers import SecurityHeaders
+from app.api.v2 import common as v2
+from app.api.v2 import v2_router
 from app.config import Settings
 from app.db.engine import upgrade_database
 from app.errors import NanoNetError
@@ -87,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Transfer learning from a handful of labelled images.",
                   docs_url=None, redoc_url=None)  # /docs from our own files: mount_docs
     app.include_router(api_router)
+    app.include_router(v2_router)  # NanoNets' v2 API, for its official client
     app.include_router(health.router)
     app.include_router(web_batches.router)  # before mount_web's catch-all /web/{rest:path}
     mount_web(app)
@@ -101,21 +104,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    """Errors in NanoNet's `{"error": {...}}` shape; under /api/v2/ in NanoNets' envelope
+    (app.api.v2.common), which its client and scripts expect."""
+
     @app.exception_handler(NanoNetError)
-    async def domain_error(_request: Request, exc: NanoNetError) -> JSONResponse:
+    async def domain_error(request: Request, exc: NanoNetError) -> JSONResponse:
+        if v2.is_v2(request.url.path):
+            return v2.domain_error_response(exc)
         return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = [{"loc": list(error.get("loc", ())), "message": error.get("msg", "")}
                    for error in exc.errors()]
+        if v2.is_v2(request.url.path):
+            return v2.validation_error_response(details)
         first = details[0] if details else {"loc": [], "message": "invalid request"}
         message = f"{'.'.join(str(p) for p in first['loc'])}: {first['message']}"
         return JSONResponse({"error": {"code": "invalid_request", "message": message,
                                        "details": details}}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if v2.is_v2(request.url.path):
+            return v2.http_error_response(exc.status_code, str(exc.detail),
+                                          getattr(exc, "headers", None))
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error")
         return JSONResponse({"error": {"code": code, "message": str(exc.detail)}},
@@ -126,8 +139,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         if disk_full(exc):  # e.g. the database's commit of rows whose files were written
             log.warning("http.disk_full path=%s: %s", request.url.path, exc)
             full = full_disk_error()
+            if v2.is_v2(request.url.path):
+                return v2.domain_error_response(full)
             return JSONResponse(full.to_body(), status_code=full.status)
         log.exception("http.unhandled path=%s", request.url.path)
+        if v2.is_v2(request.url.path):
+            return v2.internal_error_response()
         return JSONResponse({"error": {"code": "internal_error",
                                        "message": "Something went wrong on our side; the "
                                                   "server log has the details."}},

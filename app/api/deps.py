@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Annotated
 
-from fastapi import Depends, Request, UploadFile
+from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from app.db.tables import Account
 from app.errors import PayloadTooLarge, Unauthorized
@@ -66,7 +67,7 @@ def get_account(request: Request, session: SessionDep) -> Account:
 AccountDep = Annotated[Account, Depends(get_account)]
 
 
-def read_uploads(files: list[UploadFile] | None, runtime: Runtime) -> list[Upload]:
+def read_uploads(files: Sequence[StarletteUploadFile] | None, runtime: Runtime) -> list[Upload]:
     """Return each part as an Upload of the file the multipart parser spooled it to (on disk
     past 1 MiB); nothing is read into memory here. The body's size was bounded as it arrived
     (app.api.intake_guard)."""

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import api_key_from
+from app.api.v2.common import domain_error_body, is_v2
 from app.config import Settings
 from app.errors import NanoNetError, PayloadTooLarge, Unauthorized
 from app.runtime import Runtime
@@ -87,9 +88,10 @@ def _key_refusal(runtime: Runtime, scope: Scope) -> Unauthorized | None:
 
 async def _refuse(scope: Scope, send: Send, error: NanoNetError) -> None:
     """Answer `error` without reading the body; `Connection: close` makes the server drop the
-    connection afterwards instead of draining a body it will never use."""
-    response = JSONResponse(error.to_body(), status_code=error.status,
-                            headers={"Connection": "close"})
+    connection afterwards instead of draining a body it will never use. /api/v2/ paths are
+    answered in NanoNets' error envelope, as their routes' errors are."""
+    body = domain_error_body(error) if is_v2(scope["path"]) else error.to_body()
+    response = JSONResponse(body, status_code=error.status, headers={"Connection": "close"})
     await response(scope, _no_receive, send)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from app.ml.registry import BACKBONES, Network
 
 if TYPE_CHECKING:
-    import onnxruntime
+    import onnxruntime  # type: ignore[import-untyped]
     import torch
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,8 @@ def _export(backbone: str, path: Path) -> None:
         program = torch.onnx.export(model, (example,), input_names=["input"],
                                     output_names=["features"], dynamic_shapes=({0: batch},),
                                     dynamo=True, verbose=False)
+        if program is None:  # only without dynamo; here for the type checker
+            raise RuntimeError(f"torch.onnx.export returned no program for {backbone}")
         program.save(str(temp))
         with temp.open("rb") as handle:
             os.fsync(handle.fileno())

@@ -216,7 +216,7 @@ def parity(model: bytes | Path, *, head: LogisticHead | PrototypeHead, backbone:
     """Max abs difference between the model's (serialised, or a file) probabilities and
     head.predict_proba on `features(component, batch)` (a Runner's run), on a fixed batch of
     each input."""
-    import onnxruntime
+    import onnxruntime  # type: ignore[import-untyped]
 
     rng = np.random.default_rng(20261203)
     groups = input_groups(backbone)

@@ -126,8 +126,8 @@ def fit_candidate_many(
     x, y, images = _flatten(features, labels)
     masks = np.stack([np.isin(images, rows) for rows in row_sets])
     l2 = _required_l2(candidate)
-    return fit_logistic_many(x, y, masks, [(m, l2) for m in range(len(row_sets))],
-                             n_classes=n_classes)
+    return list[Head](fit_logistic_many(x, y, masks, [(m, l2) for m in range(len(row_sets))],
+                                        n_classes=n_classes))
 
 
 def fit_model(

@@ -107,7 +107,10 @@ def export_file(artifact: Path, backbone_files: dict[str, Path]) -> Path:
 def _build(runtime: Runtime, path: Path, *, head: Head, meta: dict[str, Any],
            backbone_files: dict[str, Path], facts: dict[str, str], number: int) -> None:
     from app.ml import onnx_export
+    from app.ml.heads import MultiLabelHead
 
+    if isinstance(head, MultiLabelHead):  # refused before (refuse_multi_label): never here
+        raise TypeError("a multi-label head has no ONNX export yet")
     backbone = meta["backbone"]
     runner = _onnx_runner(runtime)
     for part in backbone_files:

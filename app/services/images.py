@@ -321,8 +321,8 @@ def _insert_labelled_rows(session: Session, *, model_id: str,
     for (item, digest, size), cats in zip(stored, label_sets, strict=True):
         shape = {"sha256": digest, "width": item.width, "height": item.height,
                  "labels": [c.name for c in cats]}
-        image = images.get(digest)
-        if image is None:
+        found = images.get(digest)
+        if found is None:
             image = Image(model_id=model_id, sha256=digest, copy=0,
                           filename=item.upload.filename[:500], format=item.format,
                           width=item.width, height=item.height, size_bytes=size)
@@ -332,14 +332,14 @@ def _insert_labelled_rows(session: Session, *, model_id: str,
             pending.append((item.result, image, cats))
             accepted += 1
             continue
-        if image.id is None:  # the same bytes twice in this upload
+        if found.id is None:  # the same bytes twice in this upload
             item.result.update(status="duplicate", sha256=digest)
-            pending.append((item.result, image, []))
+            pending.append((item.result, found, []))
             continue
-        new = [c for c in cats if c.id not in have.setdefault(image.id, set())]
-        session.add_all([ImageLabel(image_id=image.id, category_id=c.id) for c in new])
-        have[image.id].update(c.id for c in new)
-        item.result.update(status="accepted" if new else "duplicate", image_id=image.id,
+        new = [c for c in cats if c.id not in have.setdefault(found.id, set())]
+        session.add_all([ImageLabel(image_id=found.id, category_id=c.id) for c in new])
+        have[found.id].update(c.id for c in new)
+        item.result.update(status="accepted" if new else "duplicate", image_id=found.id,
                            **(shape if new else {"sha256": digest}))
         accepted += bool(new)
     session.flush()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -135,7 +135,7 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
         progress("learning_curve", 0.85)
         chosen = features[result.candidate.backbone]
 
-        def fit_predict_many(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        def fit_predict_many(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
             heads = fit_candidate_many(result.candidate, chosen, targets,
                                        [train for train, _ in pairs], n_classes=len(labels))
             return [head.predict_proba(chosen[val, 0])
@@ -294,9 +294,11 @@ def _finish(runtime: Runtime, *, job_id: str, number: int, served: _Served,
         version = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id))
         if job is None or model is None or version is None:
             raise NotFound("The model of this job was deleted.")
-        if curve is not None and VersionMetrics.of(version) is not None:
+        measured = VersionMetrics.of(version)
+        if curve is not None and measured is not None:
             version.metrics = VersionMetrics.model_validate(
-                {**version.metrics, "learning_curve": curve}).model_dump(mode="json")
+                {**measured.model_dump(mode="json"), "learning_curve": curve}
+            ).model_dump(mode="json")
         model.state = ModelState.READY if model.active_version_id else ModelState.CREATED
         if not job_service.mark_succeeded(session, job_id=job_id, result={
                 "version_id": version.id, "version": number, "activated": served.activated}):

@@ -259,7 +259,8 @@ def _label_batch(runtime: Runtime, job_id: str) -> Job | None:
         "results": done}).encode())
     summary = {"count": len(done), "labelled": sum(r["status"] == "ok" for r in done),
                "rejected": sum(r["status"] == "rejected" for r in done),
-               "labels": dict(Counter(r["label"] for r in done if r["status"] == "ok"))}
+               "labels": dict(Counter(r["label"] for r in done
+                                      if r["status"] == "ok" and r["label"] is not None))}
     with runtime.session_factory() as session:
         succeeded = job_service.succeed_job(session, job_id=job_id, result=summary)
         finished = session.get(Job, job_id)

@@ -22,14 +22,17 @@ from app.runtime import Runtime
 from app.schemas.batches import BatchOut
 from app.schemas.jobs import JobOut
 from app.schemas.models import ModelOut, VersionDetail
+from app.schemas.url_images import MAX_URLS_PER_REQUEST
 from app.services import batches as batch_service
 from app.services import categories as category_service
 from app.services import images as image_service
 from app.services import models as model_service
+from app.services import url_images as url_service
 from app.services import versions as version_service
 from app.services.accounts import end_web_session, start_web_session
 from app.services.images import add_images
 from app.services.jobs import active_job, get_job
+from app.services.models import MULTI_LABEL
 from app.services.predictions import predict
 from app.services.review import keep_images, version_review
 from app.services.suggestions import suggest
@@ -37,6 +40,7 @@ from app.services.training import request_training
 from app.web import scripts, webhooks
 from app.web.csrf import forget_visitor
 from app.web.deps import SIGN_IN_PATH, WebAccountDep, WebRoute, signed_in_account
+from app.web.scripts import ticked_labels
 from app.web.sessions import SESSION_COOKIE, clear_cookie, keep_session, session_token
 from app.web.summary import version_summary
 from app.web.templating import STATIC_DIR, error_page, render
@@ -50,6 +54,8 @@ router = APIRouter(route_class=WebRoute, include_in_schema=False)
 
 FilesForm = Annotated[list[UploadFile] | None, File()]
 ImageIdsForm = Annotated[list[int] | None, Form()]
+# The ticked categories of a multi-label model's upload form, repeated once per box.
+TickedForm = Annotated[list[str] | None, Form()]
 
 
 def mount_web(app: FastAPI) -> None:
@@ -73,6 +79,19 @@ def model_path(model_id: str) -> str:
 def split_categories(text: str) -> list[str]:
     """Categories typed one per line or separated by commas; blank entries are dropped."""
     return [name.strip() for name in re.split(r"[,\n\r]+", text) if name.strip()]
+
+
+def entered_urls(text: str) -> list[str]:
+    """URLs typed one per line; blank lines are dropped. Raises InvalidInput for none or more
+    than a request takes (as the API's schema does)."""
+    urls = [line.strip() for line in text.splitlines() if line.strip()]
+    if not urls:
+        raise InvalidInput("Enter at least one image URL, one per line.", code="no_urls",
+                           status=400)
+    if len(urls) > MAX_URLS_PER_REQUEST:
+        raise InvalidInput(f"Enter at most {MAX_URLS_PER_REQUEST} URLs at once; this has "
+                           f"{len(urls)}.", code="too_many_urls", status=400)
+    return urls
 
 
 def chosen_files(files: list[UploadFile] | None) -> list[UploadFile]:
@@ -118,6 +137,7 @@ def model_page(request: Request, session: Session, *, account: Account, model_id
                                             per_page=RECENT_BATCHES)
     return render(request, "model.html", {
         "signed_in": True, "model": model, "job": job, "pool_count": model.unlabelled,
+        "multi_label": row.kind == MULTI_LABEL,
         "batches": [BatchOut.build(batch) for batch in batches],
         "details": version_summary(version) if version is not None else None,
         "versions": versions,
@@ -196,8 +216,10 @@ def data_page(request: Request, session: Session, *, account: Account, model_id:
     row = model_service.get_model(session, account=account, model_id=model_id)
     model = counted(session, row)
     names = [c.name for c in model.categories]
+    multi_label = row.kind == MULTI_LABEL
     context: dict[str, Any] = {"signed_in": True, "model": model, "shown": shown,
-                               "pool_count": model.unlabelled, "per_page": PER_PAGE}
+                               "pool_count": model.unlabelled, "per_page": PER_PAGE,
+                               "multi_label": multi_label}
     if shown.view == "review":
         context.update(review_of(session, runtime, account=account, model_id=row.id))
     else:
@@ -211,7 +233,8 @@ def data_page(request: Request, session: Session, *, account: Account, model_id:
             per_page=PER_PAGE)
         context.update(shown=shown, images=images, total=total,
                        pages=max(1, -(-total // PER_PAGE)))
-        if shown.view == "pool" and shown.page == 1 and total:
+        # Multi-label models have no suggestions (409 not_for_multi_label): none are asked for.
+        if shown.view == "pool" and shown.page == 1 and total and not multi_label:
             context.update(suggestions_of(session, runtime, account=account, model_id=row.id))
     return render(request, "data.html", {**context, **extra}, status=status)
 
@@ -286,15 +309,17 @@ def list_models(request: Request, session: SessionDep, account: WebAccountDep) -
 @router.post(MODELS_PATH)
 def create_model(request: Request, session: SessionDep, runtime: RuntimeDep,
                  account: WebAccountDep, name: Annotated[str, Form()] = "",
-                 categories: Annotated[str, Form()] = "") -> Response:
+                 categories: Annotated[str, Form()] = "",
+                 kind: Annotated[str, Form()] = "single_label") -> Response:
     try:
         model = model_service.create_model(session, settings=runtime.settings, account=account,
-                                          name=name,
-                                          categories=split_categories(categories))
+                                          name=name, categories=split_categories(categories),
+                                          kind=kind)
     except NanoNetError as exc:
         session.rollback()
         return models_page(request, session, account=account, status=exc.status,
-                           error=exc.message, form={"name": name, "categories": categories})
+                           error=exc.message,
+                           form={"name": name, "categories": categories, "kind": kind})
     return see_other(model_path(model.id))
 
 
@@ -307,17 +332,43 @@ def show_model(model_id: str, request: Request, session: SessionDep, account: We
 @router.post(MODELS_PATH + "/{model_id}/images")
 def upload_images(model_id: str, request: Request, session: SessionDep, runtime: RuntimeDep,
                   account: WebAccountDep, category: Annotated[str, Form()] = "",
-                  files: FilesForm = None) -> Response:
+                  files: FilesForm = None, label: TickedForm = None) -> Response:
+    """Files to one category ("" for the pool); a multi-label model's form ticks `label`
+    boxes instead, every ticked category going to every file."""
+    ticked = [name.strip() for name in label or [] if name.strip()]
     try:
         count(request, UPLOADS, account.id)
         results = add_images(session, runtime, account=account, model_id=model_id,
                              category=category,
-                             uploads=read_uploads(chosen_files(files), runtime))
+                             uploads=read_uploads(chosen_files(files), runtime),
+                             labels=ticked_labels(label))
     except NanoNetError as exc:
         return refused_page(request, session, exc, account=account, model_id=model_id, upload={
-            "category": category.strip(), "results": results_of(exc), "error": exc.message})
+            "category": category.strip(), "ticked": ticked, "results": results_of(exc),
+            "error": exc.message})
     return model_page(request, session, account=account, model_id=model_id, upload={
-        "category": category.strip(), "results": results,
+        "category": category.strip(), "ticked": ticked, "results": results,
+        "accepted": sum(result["status"] == "accepted" for result in results)})
+
+
+@router.post(MODELS_PATH + "/{model_id}/images/urls")
+def import_urls(model_id: str, request: Request, session: SessionDep, runtime: RuntimeDep,
+                account: WebAccountDep, urls: Annotated[str, Form()] = "",
+                category: Annotated[str, Form()] = "") -> Response:
+    """The images at the URLs typed one per line, to one category ("" for the pool)."""
+    shown = {"category": category.strip()}
+    try:
+        wanted = entered_urls(urls)
+        count(request, UPLOADS, account.id)
+        results = url_service.add_images_from_urls(
+            session, runtime, account=account, model_id=model_id,
+            category=category.strip() or None, urls=wanted)
+    except NanoNetError as exc:
+        return refused_page(request, session, exc, account=account, model_id=model_id,
+                            url_import={**shown, "urls": urls, "results": results_of(exc),
+                                        "error": exc.message})
+    return model_page(request, session, account=account, model_id=model_id, url_import={
+        **shown, "results": results,
         "accepted": sum(result["status"] == "accepted" for result in results)})
 
 

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 from app.db.tables import ModelVersion
 from app.ml.registry import display_name
-from app.schemas.metrics import CandidateScore, VersionMetrics, VersionParams
+from app.schemas.metrics import CandidateScore, MultiLabelMetrics, VersionMetrics, VersionParams
 
 HEAD_NAMES = {
     "logistic": "logistic regression",
     "prototype": "nearest prototype",
+    "multilabel_logistic": "one-vs-rest logistic regression",
 }
 
 
@@ -63,8 +64,9 @@ def chosen_model_sentence(backbone: str, head: str, candidates: list[CandidateSc
 
 @dataclass(frozen=True)
 class VersionSummary:
-    metrics: VersionMetrics | None
+    metrics: VersionMetrics | None  # a single-label version's
     params: VersionParams
+    multi_label: MultiLabelMetrics | None  # a multi-label version's (then `metrics` is None)
     chosen: str
     candidate_rows: list[CandidateRow]
 
@@ -75,6 +77,7 @@ def version_summary(version: ModelVersion) -> VersionSummary:
     backbone, head = version.chosen
     return VersionSummary(
         metrics=VersionMetrics.of(version), params=params,
+        multi_label=MultiLabelMetrics.of(version),
         chosen=chosen_model_sentence(backbone, head, params.candidates),
         candidate_rows=candidate_rows(params.candidates, backbone=backbone, head=head,
                                       l2=params.l2))

@@ -34,14 +34,42 @@
     return item;
   }
 
-  function describe(result) {
-    if (result.status === "duplicate") return "already in this category";
+  function describe(zone, result) {
+    if (result.status === "duplicate") {
+      return zone.dataset.duplicateNote || "already in this category";
+    }
     if (result.also_in) return "also in " + result.also_in.join(", ") + ": see the review";
     if (result.status === "rejected" && result.error) return result.error.message;
+    if (result.status === "accepted" && result.labels) {
+      return result.labels.length ? "labelled " + result.labels.join(", ") : "not labelled";
+    }
     return "";
   }
 
-  function uploadBatch(zone, files, list) {
+  // The ticked categories of a multi-label zone (none: its files go unlabelled).
+  function tickedLabels(zone) {
+    return Array.prototype.map.call(zone.querySelectorAll("input[name=label]:checked"),
+                                    function (box) { return box.value; });
+  }
+
+  // A multi-label upload changes several counts at once: show the model's, as the server
+  // answers them, in the page's per-category counters.
+  function showCounts(body) {
+    if (!body || !body.categories) return;
+    var counts = {};
+    body.categories.forEach(function (category) { counts[category.name] = category.count; });
+    Array.prototype.forEach.call(document.querySelectorAll("[data-category-count]"),
+                                 function (item) {
+      var count = item.querySelector("[data-count]");
+      if (count && item.dataset.categoryCount in counts) {
+        count.textContent = String(counts[item.dataset.categoryCount]);
+      }
+    });
+    var pool = document.querySelector("[data-pool-count] [data-count]");
+    if (pool) pool.textContent = String(body.unlabelled);
+  }
+
+  function uploadBatch(zone, files, list, labels) {
     var pending = files.map(function (file) {
       var item = resultItem(file.name, "pending", "");
       list.appendChild(item);
@@ -49,6 +77,7 @@
     });
     var form = new FormData();
     form.append("category", zone.dataset.category);
+    (labels || []).forEach(function (label) { form.append("label", label); });
     files.forEach(function (file) { form.append("files", file, file.name); });
     return fetch(zone.dataset.uploadUrl, {
       method: "POST", body: form, credentials: "same-origin",
@@ -61,11 +90,12 @@
         pending.forEach(function (item, index) {
           var result = results && results[index];
           var replacement = result
-            ? resultItem(result.file, result.status, describe(result))
+            ? resultItem(result.file, result.status, describe(zone, result))
             : resultItem(files[index].name, "error", errorMessage(body, response.status));
           if (result && result.status === "accepted") accepted += 1;
           list.replaceChild(replacement, item);
         });
+        if (response.ok && labels !== null) showCounts(body);
         return accepted;
       });
     }).catch(function () {
@@ -81,6 +111,8 @@
     if (!files.length) return;
     var list = zone.querySelector("[data-results]");
     var count = zone.querySelector("[data-count]");
+    // Read now, before the first batch is sent; null for a zone of one category.
+    var labels = "multiLabel" in zone.dataset ? tickedLabels(zone) : null;
     list.innerHTML = "";
     var summary = document.createElement("li");
     summary.className = "result-summary";
@@ -92,7 +124,7 @@
     for (var start = 0; start < files.length; start += BATCH) {
       (function (batch) {
         chain = chain.then(function () {
-          return uploadBatch(zone, batch, list).then(function (accepted) {
+          return uploadBatch(zone, batch, list, labels).then(function (accepted) {
             added += accepted;
             done += batch.length;
             if (count) count.textContent = String(Number(count.textContent) + accepted);
@@ -136,7 +168,8 @@
       form.addEventListener("submit", function (event) {
         event.preventDefault();
         uploadFiles(zone, input.files);
-        form.reset();
+        // The ticked categories stay ticked for the next files, as after a page's reload.
+        if ("multiLabel" in zone.dataset) input.value = ""; else form.reset();
       });
     }
   }

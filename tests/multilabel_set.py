@@ -60,6 +60,11 @@ _LEFT_OUT = {("hymenoptera", "train/ants/imageNotFound.gif")}  # a placeholder, 
 # flower); it uses 16 of the 17 training photos of each flower. Held out: 2*10 + 5*2 = 30
 # singles and 30 collages (15 per insect, 6 per flower), 8 of the 10 val photos per flower.
 _PLAN = {"train": (20, 6, 25, 10), "heldout": (10, 2, 15, 6)}
+# plan="client": enough of every category for the official `nanonets` client, which refuses to
+# train a MultiLabelClassification model unless every category has more than 50 images.
+# Train: 2*40 + 5*7 = 115 singles, 50 collages: ant 65, bee 65, insect 130, flower 85 (all 17
+# training photos of each flower), 165 images. Held out as the default plan.
+PLANS = {"default": _PLAN, "client": {"train": (40, 7, 25, 10), "heldout": (10, 2, 15, 6)}}
 _SPLIT_OF = {"train": "train", "heldout": "val"}
 COLLAGE_SIDE = 448  # each photo is scaled whole into one 224 x 448 half
 
@@ -93,15 +98,18 @@ def label_matrix(examples: Sequence[Example], categories: Sequence[str]) -> np.n
 
 
 def build_multilabel_set(
-    root: Path, *, seed: int = 0, flower_species: bool = False, datasets: Path = DATASETS
+    root: Path, *, seed: int = 0, flower_species: bool = False, datasets: Path = DATASETS,
+    plan: str = "default",
 ) -> MultiLabelSet:
     """Write the collages under `root` and return the set; single photos keep their shared
-    paths (read-only). Raise FileNotFoundError if a dataset is missing."""
+    paths (read-only). `plan` names the sizes (PLANS: "default", or "client" for more than 50
+    training images of every category). Raise FileNotFoundError if a dataset is missing."""
     root = Path(root)
     photos = _photos(datasets)
     rng = np.random.default_rng(seed)
     splits = {}
-    for side, (insect_singles, flower_singles, insect_collages, flower_collages) in _PLAN.items():
+    sizes = PLANS[plan]
+    for side, (insect_singles, flower_singles, insect_collages, flower_collages) in sizes.items():
         split = _SPLIT_OF[side]
         # Each class's photos in a seeded order: the singles first, then the collage halves.
         pools = {key: [paths[i] for i in rng.permutation(len(paths))]

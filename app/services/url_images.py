@@ -20,7 +20,13 @@ from app.db.tables import Account
 from app.errors import InvalidInput, NanoNetError
 from app.runtime import Runtime
 from app.services import outbound
-from app.services.images import Upload, add_images, find_category, raise_if_nothing_accepted
+from app.services.images import (
+    Upload,
+    add_images,
+    find_category,
+    label_sets_of,
+    raise_if_nothing_accepted,
+)
 from app.services.models import get_model
 from app.services.predictions import predict, usable_head
 from app.services.versions import serving_version
@@ -43,9 +49,11 @@ class _Fetched:
 
 def add_images_from_urls(session: Session, runtime: Runtime, *, account: Account,
                          model_id: str, category: str | None,
-                         urls: list[str]) -> list[dict[str, Any]]:
+                         urls: list[str],
+                         labels: list[str] | None = None) -> list[dict[str, Any]]:
     """Fetch each URL and store its image as add_images stores an uploaded file; return one
-    result per URL, in order, `file` being the URL.
+    result per URL, in order, `file` being the URL. `labels` is add_images' (a multi-label
+    model's comma-separated categories, one entry per URL in order or one for all).
 
     A URL that cannot be fetched gets its rejection (url_not_allowed, url_unresolvable,
     fetch_failed, fetch_timeout, url_http_error, too_many_redirects, file_too_large), as a
@@ -53,13 +61,19 @@ def add_images_from_urls(session: Session, runtime: Runtime, *, account: Account
     fetching anything, and the URLs' own 4xx when none of them is usable.
     """
     model = get_model(session, account=account, model_id=model_id)
-    find_category(model, category)  # an unknown category is refused before any fetch
+    # an unknown category, or labels that do not fit, are refused before any fetch
+    if label_sets_of(model, category=category, labels=labels, n_files=len(urls)) is None:
+        find_category(model, category)  # a single-label model's
     session.commit()  # ends the read: no connection or lock is held while the URLs are fetched
     with _fetched(runtime.settings, urls) as fetched:
         uploads = [item.upload for item in fetched if item.upload is not None]
+        kept = labels
+        if labels is not None and len(labels) == len(urls) and len(urls) > 1:
+            kept = [entry for entry, item in zip(labels, fetched, strict=True)
+                    if item.upload is not None]  # the fetched URLs' own entries
         stored = _all_rejected_too(lambda: add_images(
             session, runtime, account=account, model_id=model_id, category=category,
-            uploads=uploads), uploads)
+            uploads=uploads, labels=kept), uploads)
     results = _merged(fetched, stored)
     log.info("url_images.added model=%s urls=%d fetched=%d", model_id, len(urls), len(uploads))
     raise_if_nothing_accepted(results)

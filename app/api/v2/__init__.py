@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.v2 import image_categorization
+from app.api.v2 import image_categorization, multilabel
 from app.api.v2.common import V2_PREFIX
 
 v2_router = APIRouter(prefix=V2_PREFIX.rstrip("/"), include_in_schema=False)
 v2_router.include_router(image_categorization.router)
+v2_router.include_router(multilabel.router)

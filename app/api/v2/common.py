@@ -8,18 +8,20 @@ So the shapes here are what it reads, key for key; the codes are NanoNets' docum
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+import json
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
 from app.db.tables import JobStatus, Model, ModelState
 from app.errors import InvalidInput, NanoNetError
+from app.schemas.url_images import MAX_URLS_PER_REQUEST
 from app.services import jobs as job_service
 from app.services import models as model_service
 
@@ -258,21 +260,77 @@ def upload_response(model: dict[str, Any], results: list[dict[str, Any]]) -> JSO
                         status_code=202)
 
 
-def prediction_item(result: dict[str, Any]) -> dict[str, Any]:
+def prediction_item(result: dict[str, Any], *, multi_label: bool = False) -> dict[str, Any]:
     """One file's or URL's answer: `{"message", "file", "prediction": [{"label",
-    "probability"}]}`, `file` as sent; a refused one has `"prediction": []` and its reason."""
+    "probability"}]}`, `file` as sent; a refused one has `"prediction": []` and its reason.
+
+    With `multi_label`, every category is listed (most probable first) with also `selected`
+    (at or above its threshold) and that `threshold`, and the item has `labels`, the selected
+    categories: NanoNet's own multi-label answer, in NanoNets' envelope."""
     if result.get("status") == "rejected":
         error = result.get("error") or {}
-        return {"message": error.get("message", "rejected"), "file": result["file"],
-                "prediction": [], "reason": error.get("code", "rejected")}
+        item: dict[str, Any] = {"message": error.get("message", "rejected"),
+                                "file": result["file"], "prediction": [],
+                                "reason": error.get("code", "rejected")}
+        if multi_label:
+            item["labels"] = []
+        return item
+    predictions = result.get("predictions") or []
+    if not multi_label:
+        return {"message": "Success", "file": result["file"],
+                "prediction": [{"label": p["label"], "probability": p["probability"]}
+                               for p in predictions]}
     return {"message": "Success", "file": result["file"],
-            "prediction": [{"label": p["label"], "probability": p["probability"]}
-                           for p in result.get("predictions") or []]}
+            "prediction": [{"label": p["label"], "probability": p["probability"],
+                            "selected": bool(p.get("selected")), "threshold": p.get("threshold")}
+                           for p in predictions],
+            "labels": list(result.get("labels") or [])}
 
 
-def prediction_response(results: list[dict[str, Any]]) -> JSONResponse:
+def prediction_response(results: list[dict[str, Any]], *,
+                        multi_label: bool = False) -> JSONResponse:
     """NanoNets' prediction envelope, one item per file or URL in order: 200, or 202 when
     some of them could not be used."""
     body = {"message": "Partially successful" if partial(results) else "Success",
-            "result": [prediction_item(result) for result in results]}
+            "result": [prediction_item(result, multi_label=multi_label) for result in results]}
     return JSONResponse(body, status_code=202 if partial(results) else 200)
+
+
+# --- routing -----------------------------------------------------------------------------------
+
+Endpoint = Callable[..., Any]
+
+
+def route_adder(router: APIRouter) -> Callable[..., Callable[[Endpoint], Endpoint]]:
+    """A decorator factory registering an endpoint on `router` at each of its paths, with the
+    trailing slash and without (the client sends one or none; a redirect would make it send a
+    POST twice)."""
+    def route(method: str, *paths: str, dependencies: list[Any] | None = None
+              ) -> Callable[[Endpoint], Endpoint]:
+        def register(endpoint: Endpoint) -> Endpoint:
+            for path in paths:
+                for variant in dict.fromkeys((path, path.rstrip("/"))):
+                    router.add_api_route(variant, endpoint, methods=[method],
+                                         dependencies=dependencies,
+                                         response_class=JSONResponse)
+            return endpoint
+        return register
+    return route
+
+
+def urls_of(form: V2Form) -> list[str]:
+    """The form's `urls`, at most as many as /api/v1 takes in one request; raises InvalidInput."""
+    urls = [url for url in form.all("urls") if url.strip()]
+    if len(urls) > MAX_URLS_PER_REQUEST:
+        raise InvalidInput(f"Send at most {MAX_URLS_PER_REQUEST} URLs in one request; this one "
+                           f"has {len(urls)}.", code="too_many_urls")
+    return urls
+
+
+def json_text(name: str, text: str) -> Any:
+    """A JSON form field (the client's `data`) or body; raises InvalidInput (400)."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"`{name}` is not valid JSON: {exc}.", code="invalid_json",
+                           status=400) from exc

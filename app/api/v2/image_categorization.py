@@ -27,11 +27,12 @@ from app.api.v2.common import (
     model_object,
     model_objects,
     prediction_response,
+    route_adder,
     upload_response,
+    urls_of,
 )
 from app.db.tables import Account, Model
-from app.errors import InvalidInput, NotFound
-from app.schemas.url_images import MAX_URLS_PER_REQUEST
+from app.errors import NotFound
 from app.services import images as image_service
 from app.services import models as model_service
 from app.services import url_images as url_service
@@ -47,16 +48,7 @@ PREDICTIONS = [Depends(limit_predictions)]
 Endpoint = Callable[..., Any]
 
 
-def _route(method: str, *paths: str, dependencies: list[Any] | None = None
-           ) -> Callable[[Endpoint], Endpoint]:
-    """Register the endpoint at each path, with its trailing slash and without."""
-    def register(endpoint: Endpoint) -> Endpoint:
-        for path in paths:
-            for variant in dict.fromkeys((path, path.rstrip("/"))):
-                router.add_api_route(variant, endpoint, methods=[method],
-                                     dependencies=dependencies, response_class=JSONResponse)
-        return endpoint
-    return register
+_route = route_adder(router)
 
 
 def _classification_model(session: Session, account: Account, model_id: str) -> Model:
@@ -77,15 +69,6 @@ def _answer(session: Session, account: Account, model_id: str) -> dict[str, Any]
 
 def _category(request: Request, form: V2Form) -> str | None:
     return request.query_params.get("category") or form.first("category")
-
-
-def _urls(form: V2Form) -> list[str]:
-    """The form's `urls`, at most as many as /api/v1 takes in one request; raises InvalidInput."""
-    urls = [url for url in form.all("urls") if url.strip()]
-    if len(urls) > MAX_URLS_PER_REQUEST:
-        raise InvalidInput(f"Send at most {MAX_URLS_PER_REQUEST} URLs in one request; this one "
-                           f"has {len(urls)}.", code="too_many_urls")
-    return urls
 
 
 def _default_name(categories: list[str]) -> str:
@@ -143,7 +126,7 @@ def upload_urls(request: Request, session: SessionDep, runtime: RuntimeDep,
     results = url_service.add_images_from_urls(session, runtime, account=account,
                                                model_id=model_id,
                                                category=_category(request, form),
-                                               urls=_urls(form))
+                                               urls=urls_of(form))
     return upload_response(_answer(session, account, model_id), results)
 
 
@@ -178,5 +161,5 @@ def label_urls(request: Request, session: SessionDep, runtime: RuntimeDep,
     model_id = model_id_of(request, form)
     _classification_model(session, account, model_id)
     _, results = url_service.predict_urls(session, runtime, account=account, model_id=model_id,
-                                          urls=_urls(form))
+                                          urls=urls_of(form))
     return prediction_response(results)

@@ -296,17 +296,7 @@ def _fit_many(
     # at a fraction of the cost (N x dim becomes N x N).
     basis = _row_space_basis(x)
     xb = x if basis is None else x @ basis  # (N, r)
-    weights = train_masks / train_masks.sum(axis=1, keepdims=True)  # (F, N): 1/n_train or 0
-    means = weights @ x  # (F, dim)
-    means_b = weights @ xb  # the same means in basis coordinates
-    # 1 / ||x - mean|| per fold from ||x||^2 - 2 x.mean + ||mean||^2: one (F, N) product instead
-    # of F passes over (N, dim). The basis is orthonormal and holds x - mean, so norms agree.
-    sq = np.einsum("nd,nd->n", xb, xb)
-    dist_sq = sq[None, :] - 2.0 * means_b @ xb.T + np.einsum("fd,fd->f", means_b, means_b)[:, None]
-    dist = np.sqrt(np.maximum(dist_sq, 0.0))
-    # A row equal to its fold's mean normalises to zero (as in normalise()), not to rounding noise.
-    exact_zero = dist <= 1e-9 * np.sqrt(np.maximum(sq, _EPS))[None, :]
-    inv_norms = np.where(exact_zero, 0.0, 1.0 / np.maximum(dist, _EPS))
+    weights, means, means_b, inv_norms = fold_geometry(x, xb, train_masks)
     onehot = torch.from_numpy(np.eye(n_classes)[labels])
     weight = np.zeros((len(folds), n_classes, xb.shape[1]))
     bias = np.zeros((len(folds), n_classes))
@@ -327,20 +317,7 @@ def _fit_many(
             max_iter=max_iter,
         )
 
-    previous: dict[int, int] = {}  # fold -> index of its latest solved problem
-    for l2 in sorted(set(l2s.tolist()), reverse=True):
-        index = np.flatnonzero(l2s == l2)
-        if not previous:
-            # A cold start at weak l2 is ill-conditioned; a strongly regularised solve converges
-            # in a few iterations and starts the path close by.
-            solve(index, _PATH_START * l2, weight[index], bias[index])
-            previous.update((int(folds[p]), int(p)) for p in index)
-        start = [previous.get(int(folds[p])) for p in index]
-        zero_w, zero_b = np.zeros_like(weight[0]), np.zeros_like(bias[0])
-        start_w = np.stack([weight[q] if q is not None else zero_w for q in start])
-        start_b = np.stack([bias[q] if q is not None else zero_b for q in start])
-        solve(index, l2, start_w, start_b)
-        previous.update((int(folds[p]), int(p)) for p in index)
+    solve_along_path(l2s, folds, weight, bias, solve)
     if basis is not None:
         weight = weight @ basis.T
     return [
@@ -373,6 +350,45 @@ def _fit_threads(*, joint: bool) -> Iterator[None]:
             yield
         finally:
             torch.set_num_threads(previous)
+
+
+def fold_geometry(x: np.ndarray, xb: np.ndarray, train_masks: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per training mask (fold): its row weights (F, N) (1/n_train or 0), its mean (F, dim), the
+    same mean in the basis coordinates of `xb`, and 1 / ||x - mean|| per row (F, N)."""
+    weights = train_masks / train_masks.sum(axis=1, keepdims=True)
+    means = weights @ x
+    means_b = weights @ xb
+    # 1 / ||x - mean|| per fold from ||x||^2 - 2 x.mean + ||mean||^2: one (F, N) product instead
+    # of F passes over (N, dim). The basis is orthonormal and holds x - mean, so norms agree.
+    sq = np.einsum("nd,nd->n", xb, xb)
+    dist_sq = sq[None, :] - 2.0 * means_b @ xb.T + np.einsum("fd,fd->f", means_b, means_b)[:, None]
+    dist = np.sqrt(np.maximum(dist_sq, 0.0))
+    # A row equal to its fold's mean normalises to zero (as in normalise()), not to rounding noise.
+    exact_zero = dist <= 1e-9 * np.sqrt(np.maximum(sq, _EPS))[None, :]
+    inv_norms = np.where(exact_zero, 0.0, 1.0 / np.maximum(dist, _EPS))
+    return weights, means, means_b, inv_norms
+
+
+def solve_along_path(l2s: np.ndarray, folds: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                     solve: Any) -> None:
+    """Call solve(index, l2, start_w, start_b) once per distinct l2, strongest first, each
+    problem warm-started from its fold's solution at the l2 before (written into weight and
+    bias by solve)."""
+    previous: dict[int, int] = {}  # fold -> index of its latest solved problem
+    for l2 in sorted(set(l2s.tolist()), reverse=True):
+        index = np.flatnonzero(l2s == l2)
+        if not previous:
+            # A cold start at weak l2 is ill-conditioned; a strongly regularised solve converges
+            # in a few iterations and starts the path close by.
+            solve(index, _PATH_START * l2, weight[index], bias[index])
+            previous.update((int(folds[p]), int(p)) for p in index)
+        start = [previous.get(int(folds[p])) for p in index]
+        zero_w, zero_b = np.zeros_like(weight[0]), np.zeros_like(bias[0])
+        start_w = np.stack([weight[q] if q is not None else zero_w for q in start])
+        start_b = np.stack([bias[q] if q is not None else zero_b for q in start])
+        solve(index, l2, start_w, start_b)
+        previous.update((int(folds[p]), int(p)) for p in index)
 
 
 def _row_space_basis(x: np.ndarray) -> np.ndarray | None:

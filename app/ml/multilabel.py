@@ -34,11 +34,12 @@ from sklearn.metrics import average_precision_score, precision_recall_fscore_sup
 from app.ml.evaluate import L2_GRID
 from app.ml.heads import (
     _JOINT_ROWS,
-    _PATH_START,
     FEATURE_SCALE,
     MultiLabelHead,
     _fit_threads,
     _row_space_basis,
+    fold_geometry,
+    solve_along_path,
 )
 from app.ml.registry import few_shot_rank
 from app.ml.select import NEAR_TIE, Candidate
@@ -60,7 +61,6 @@ CV_NOTE = (
     "Give every category at least 2 images that have it and 2 that do not to get validation "
     "metrics and tuned thresholds."
 )
-_EPS = 1e-12
 
 
 # --- the head --------------------------------------------------------------------------------
@@ -556,15 +556,7 @@ def _fit_sigmoid_many(
     with _fit_threads(joint=rows >= _JOINT_ROWS):
         basis = _row_space_basis(x)
         xb = x if basis is None else x @ basis
-        weights = train_masks / train_masks.sum(axis=1, keepdims=True)  # (F, N)
-        means = weights @ x
-        means_b = weights @ xb
-        sq = np.einsum("nd,nd->n", xb, xb)
-        dist_sq = sq[None, :] - 2.0 * means_b @ xb.T \
-            + np.einsum("fd,fd->f", means_b, means_b)[:, None]
-        dist = np.sqrt(np.maximum(dist_sq, 0.0))
-        exact_zero = dist <= 1e-9 * np.sqrt(np.maximum(sq, _EPS))[None, :]
-        inv_norms = np.where(exact_zero, 0.0, 1.0 / np.maximum(dist, _EPS))
+        weights, means, means_b, inv_norms = fold_geometry(x, xb, train_masks)
         n_categories = targets.shape[1]
         weight = np.zeros((len(folds), n_categories, xb.shape[1]))
         bias = np.zeros((len(folds), n_categories))
@@ -581,18 +573,7 @@ def _fit_sigmoid_many(
                 max_iter=max_iter,
             )
 
-        previous: dict[int, int] = {}
-        for l2 in sorted(set(l2s.tolist()), reverse=True):
-            index = np.flatnonzero(l2s == l2)
-            if not previous:
-                solve(index, _PATH_START * l2, weight[index], bias[index])
-                previous.update((int(folds[p]), int(p)) for p in index)
-            start = [previous.get(int(folds[p])) for p in index]
-            zero_w, zero_b = np.zeros_like(weight[0]), np.zeros_like(bias[0])
-            start_w = np.stack([weight[q] if q is not None else zero_w for q in start])
-            start_b = np.stack([bias[q] if q is not None else zero_b for q in start])
-            solve(index, l2, start_w, start_b)
-            previous.update((int(folds[p]), int(p)) for p in index)
+        solve_along_path(l2s, folds, weight, bias, solve)
         if basis is not None:
             weight = weight @ basis.T
     return [

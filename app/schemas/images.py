@@ -50,10 +50,14 @@ class ImageOut(BaseModel):
     sha256: str
     created_at: datetime
     thumbnail_url: str = Field(description="carries the content hash, so it may be cached long")
+    labels: list[str] | None = Field(default=None, description="multi-label models: every "
+                                     "category of the image (`category` is the first of them)")
 
     @classmethod
-    def build(cls, image: Image, category: str | None) -> ImageOut:
-        return cls(id=image.id, category=category, file_name=image.filename, width=image.width,
+    def build(cls, image: Image, category: str | None,
+              labels: list[str] | None = None) -> ImageOut:
+        return cls(id=image.id, category=category, labels=labels, file_name=image.filename,
+                   width=image.width,
                    height=image.height, bytes=image.size_bytes, sha256=image.sha256,
                    created_at=image.created_at,
                    thumbnail_url=f"/api/v1/models/{image.model_id}/images/{image.id}/thumbnail"

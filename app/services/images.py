@@ -398,6 +398,9 @@ def list_images(session: Session, *, account: Account, model_id: str, category: 
     """
     model = get_model(session, account=account, model_id=model_id)
     target = find_category(model, category) if category is not None else None
+    if model.kind == MULTI_LABEL:
+        return _list_multi_labelled(session, model, target=target, labelled=labelled,
+                                    page=page, per_page=per_page)
     conditions = [Image.model_id == model.id]
     if target is not None:
         conditions.append(ImageLabel.category_id == target.id)
@@ -412,6 +415,50 @@ def list_images(session: Session, *, account: Account, model_id: str, category: 
     rows = session.execute(query.order_by(Image.id).offset((page - 1) * per_page)
                            .limit(per_page))
     return [(image, name) for image, name in rows], total
+
+
+def _list_multi_labelled(session: Session, model: Model, *, target: Category | None,
+                         labelled: bool | None, page: int,
+                         per_page: int) -> tuple[list[LabelledImage], int]:
+    """list_images for a multi-label model: each image once (not once per label), with its
+    first category by position as the `category`; labels_of has all of them."""
+    any_label = select(ImageLabel.image_id).where(ImageLabel.image_id == Image.id).exists()
+    conditions = [Image.model_id == model.id]
+    if target is not None:
+        conditions.append(select(ImageLabel.image_id).where(
+            ImageLabel.image_id == Image.id, ImageLabel.category_id == target.id).exists())
+    if labelled is True:
+        conditions.append(any_label)
+    elif labelled is False:
+        conditions.append(~any_label)
+    total = session.scalar(select(func.count()).select_from(Image).where(*conditions)) or 0
+    images = list(session.scalars(select(Image).where(*conditions).order_by(Image.id)
+                                  .offset((page - 1) * per_page).limit(per_page)))
+    names = labels_of(session, [image.id for image in images])
+    return [(image, names[image.id][0] if image.id in names else None) for image in images], total
+
+
+def page_labels(session: Session, *, model_id: str,
+                rows: list[LabelledImage]) -> dict[int, list[str]] | None:
+    """Every category of each listed image of a multi-label model; None for a single-label
+    one, whose `category` says it all. Call after list_images, which checked the model."""
+    model = session.get(Model, model_id)
+    if model is None or model.kind != MULTI_LABEL:
+        return None
+    return labels_of(session, [image.id for image, _ in rows])
+
+
+def labels_of(session: Session, image_ids: list[int]) -> dict[int, list[str]]:
+    """Every category of each image (by category position); an image without one is absent."""
+    found: dict[int, list[str]] = {}
+    if not image_ids:
+        return found
+    for image_id, name in session.execute(
+            select(ImageLabel.image_id, Category.name)
+            .join(Category, Category.id == ImageLabel.category_id)
+            .where(ImageLabel.image_id.in_(image_ids)).order_by(Category.position)):
+        found.setdefault(image_id, []).append(name)
+    return found
 
 
 def get_image(session: Session, *, account: Account, model_id: str,

@@ -144,3 +144,25 @@ def test_same_bytes_again_gain_the_labels_they_lacked(tmp_path) -> None:  # type
         assert more["status"] == "accepted" and more["image_id"] == first["image_id"]
         model = client.get(f"/api/v1/models/{model_id}", headers=bearer()).json()
         assert [c["count"] for c in model["categories"]] == [1, 1]
+
+
+def test_an_image_with_several_labels_is_listed_once_with_all_of_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with TestClient(create_app(make_settings(tmp_path, extract_on_upload=False))) as client:
+        model_id = create(client, ("hemlock", "japanese_cherry"))
+        both, one, none = tree_photos("hemlock")[:3]
+        url = f"/api/v1/models/{model_id}/images"
+        client.post(url, headers=bearer(), files=files_of(both, one, none),
+                    data={"labels": ["japanese_cherry,hemlock", "hemlock", ""]})
+        listed = client.get(url, headers=bearer()).json()
+        assert listed["total"] == 3
+        assert [(item["category"], item["labels"]) for item in listed["items"]] == [
+            ("hemlock", ["hemlock", "japanese_cherry"]), ("hemlock", ["hemlock"]), (None, [])]
+        cherry = client.get(f"{url}?category=japanese_cherry", headers=bearer()).json()
+        assert cherry["total"] == 1 and cherry["items"][0]["file_name"] == both.name
+        pool = client.get(f"{url}?labelled=false", headers=bearer()).json()
+        assert pool["total"] == 1 and pool["items"][0]["file_name"] == none.name
+        single = create(client, ("hemlock", "japanese_cherry"), kind="single_label")
+        client.post(f"/api/v1/models/{single}/images", headers=bearer(), files=files_of(one),
+                    data={"category": "hemlock"})
+        item = client.get(f"/api/v1/models/{single}/images", headers=bearer()).json()["items"][0]
+        assert item["labels"] is None and item["category"] == "hemlock"

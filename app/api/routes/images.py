@@ -72,8 +72,11 @@ def list_images(model_id: str, session: SessionDep, account: AccountDep,
     rows, total = image_service.list_images(session, account=account, model_id=model_id,
                                             category=category, labelled=labelled, page=page,
                                             per_page=per_page)
-    return ImagePage(items=[ImageOut.build(image, name) for image, name in rows], total=total,
-                     page=page, per_page=per_page)
+    labels = image_service.page_labels(session, model_id=model_id, rows=rows)
+    return ImagePage(items=[ImageOut.build(image, name, labels.get(image.id, [])
+                                           if labels is not None else None)
+                            for image, name in rows],
+                     total=total, page=page, per_page=per_page)
 
 
 @router.post("/{model_id}/images/bulk", response_model=BulkResult)

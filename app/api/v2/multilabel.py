@@ -143,7 +143,7 @@ async def create_model(request: Request, session: SessionDep, runtime: RuntimeDe
     if "application/x-www-form-urlencoded" in request.headers.get("content-type", ""):
         parsed = parse_qs(text)
         payload: Any = {"categories": parsed.get("categories", []),
-                        "name": (parsed.get("name") or [None])[0]}
+                        "name": next(iter(parsed.get("name", [])), None)}
     else:
         payload = json_text("body", text)
     if not isinstance(payload, dict):
@@ -175,7 +175,7 @@ def list_models(session: SessionDep, account: AccountDep) -> JSONResponse:
 
 
 @route("GET", "/Model/{model_id}/Annotations")
-def annotations(request: Request, session: SessionDep, account: AccountDep) -> JSONResponse:
+def model_annotations(request: Request, session: SessionDep, account: AccountDep) -> JSONResponse:
     """What the client's state check reads: `Meta` (the model object's fields, lower case)
     and `Data`, one entry per uploaded image with its categories, in upload order."""
     model_id = model_id_of(request)

@@ -186,11 +186,10 @@ def model_annotations(request: Request, session: SessionDep, account: AccountDep
         rows, _ = image_service.list_images(session, account=account, model_id=model_id,
                                             category=None, labelled=None, page=page,
                                             per_page=IMAGES_PAGE)
-        for image, category in rows:
-            entry = data.setdefault(image.id, {"id": str(image.id), "filename": image.filename,
-                                               "categories": []})
-            if category is not None:
-                entry["categories"].append(category)
+        labels = image_service.page_labels(session, model_id=model_id, rows=rows) or {}
+        for image, _ in rows:
+            data[image.id] = {"id": str(image.id), "filename": image.filename,
+                              "categories": labels.get(image.id, [])}
         if len(rows) < IMAGES_PAGE:
             break
         page += 1

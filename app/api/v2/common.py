@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from app.db.tables import JobStatus, Model, ModelState
-from app.errors import InvalidInput, NanoNetError
+from app.db.tables import Account, JobStatus, Model, ModelState
+from app.errors import InvalidInput, NanoNetError, NotFound
 from app.schemas.url_images import MAX_URLS_PER_REQUEST
 from app.services import jobs as job_service
 from app.services import models as model_service
@@ -242,6 +242,39 @@ def model_objects(session: Session, models: Iterable[Model],
 def model_object(session: Session, model: Model, model_type: str) -> dict[str, Any]:
     [answer] = model_objects(session, [model], model_type)
     return answer
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One of NanoNets' model types as NanoNet serves it: its routes see only its own models
+    (a single-label NanoNet is an ImageCategorization model, a multi-label one a
+    MultiLabelClassification model)."""
+
+    name: str  # NanoNets' name, as in the paths
+    model_type: str  # the model object's `model_type`
+    multi_label: bool
+
+    def owns(self, model: Model) -> bool:
+        return (model.kind == model_service.MULTI_LABEL) == self.multi_label
+
+    def get(self, session: Session, account: Account, model_id: str) -> Model:
+        """The account's model of this kind; raises NotFound, also for one of the other kind."""
+        model = model_service.get_model(session, account=account, model_id=model_id)
+        if not self.owns(model):
+            other = "an ImageCategorization" if self.multi_label else "a MultiLabelClassification"
+            raise NotFound(f"No {self.name} model with id {model_id!r}: it is {other} model.",
+                           code="model_not_found")
+        return model
+
+    def answer(self, session: Session, account: Account, model_id: str) -> dict[str, Any]:
+        """The model object as it is now (after a service committed changes to it)."""
+        session.expire_all()
+        return model_object(session, self.get(session, account, model_id), self.model_type)
+
+    def listed(self, session: Session, account: Account) -> list[dict[str, Any]]:
+        """The account's models of this kind, newest first, as model objects."""
+        return model_objects(session, [model for model in model_service.list_models(
+            session, account=account) if self.owns(model)], self.model_type)
 
 
 # --- answers to uploads and predictions --------------------------------------------------------

@@ -16,23 +16,20 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.orm import Session
 
 from app.api.deps import AccountDep, RuntimeDep, SessionDep, read_uploads
 from app.api.rate_limits import limit_predictions, limit_uploads
 from app.api.v2.common import (
     FormDep,
+    ModelKind,
     V2Form,
     model_id_of,
     model_object,
-    model_objects,
     prediction_response,
     route_adder,
     upload_response,
     urls_of,
 )
-from app.db.tables import Account, Model
-from app.errors import NotFound
 from app.services import images as image_service
 from app.services import models as model_service
 from app.services import url_images as url_service
@@ -41,7 +38,7 @@ from app.services.training import request_training
 
 router = APIRouter(prefix="/ImageCategorization")
 
-MODEL_TYPE = "classification"
+KIND = ModelKind("ImageCategorization", "classification", multi_label=False)
 UPLOADS = [Depends(limit_uploads)]
 PREDICTIONS = [Depends(limit_predictions)]
 
@@ -49,22 +46,6 @@ Endpoint = Callable[..., Any]
 
 
 _route = route_adder(router)
-
-
-def _classification_model(session: Session, account: Account, model_id: str) -> Model:
-    """The account's single-label model; raises NotFound, also for a multi-label one (those
-    are MultiLabelClassification models in NanoNets' terms)."""
-    model = model_service.get_model(session, account=account, model_id=model_id)
-    if model.kind == model_service.MULTI_LABEL:
-        raise NotFound(f"No ImageCategorization model with id {model_id!r}: it is a "
-                       "MultiLabelClassification model.", code="model_not_found")
-    return model
-
-
-def _answer(session: Session, account: Account, model_id: str) -> dict[str, Any]:
-    """The model object as it is now (after a service committed changes to it)."""
-    session.expire_all()
-    return model_object(session, _classification_model(session, account, model_id), MODEL_TYPE)
 
 
 def _category(request: Request, form: V2Form) -> str | None:
@@ -84,23 +65,20 @@ def create_model(session: SessionDep, runtime: RuntimeDep, account: AccountDep,
     model = model_service.create_model(session, settings=runtime.settings, account=account,
                                        name=form.first("name") or _default_name(categories),
                                        categories=categories)
-    return JSONResponse(model_object(session, model, MODEL_TYPE))
+    return JSONResponse(model_object(session, model, KIND.model_type))
 
 
 @_route("GET", "/Model/", "/Model/{model_id}/")
 def get_model(request: Request, session: SessionDep, account: AccountDep) -> JSONResponse:
     """The model object: `?modelId=` (the client), `?id=` (NanoNets' docs) or the path."""
     model_id = model_id_of(request)
-    return JSONResponse(model_object(session, _classification_model(session, account, model_id),
-                                     MODEL_TYPE))
+    return JSONResponse(KIND.answer(session, account, model_id))
 
 
 @_route("GET", "/Models/")
 def list_models(session: SessionDep, account: AccountDep) -> JSONResponse:
     """The account's single-label models, newest first."""
-    models = [model for model in model_service.list_models(session, account=account)
-              if model.kind != model_service.MULTI_LABEL]
-    return JSONResponse(model_objects(session, models, MODEL_TYPE))
+    return JSONResponse(KIND.listed(session, account))
 
 
 @_route("POST", "/UploadFile/", "/Model/{model_id}/UploadFile/", dependencies=UPLOADS)
@@ -109,11 +87,11 @@ def upload_files(request: Request, session: SessionDep, runtime: RuntimeDep,
     """Add the `file` parts to `category` (query or form; none: the unlabelled pool). 200 with
     the model object, 202 when some files could not be used (listed under `errors`)."""
     model_id = model_id_of(request, form)
-    _classification_model(session, account, model_id)
+    KIND.get(session, account, model_id)
     results = image_service.add_images(session, runtime, account=account, model_id=model_id,
                                        category=_category(request, form),
                                        uploads=read_uploads(form.files, runtime))
-    return upload_response(_answer(session, account, model_id), results)
+    return upload_response(KIND.answer(session, account, model_id), results)
 
 
 @_route("POST", "/UploadUrls/", "/Model/{model_id}/UploadUrls/", dependencies=UPLOADS)
@@ -122,12 +100,12 @@ def upload_urls(request: Request, session: SessionDep, runtime: RuntimeDep,
     """Add the images at the form's `urls` (repeated) to `category`; 202 when some URLs could
     not be fetched or used, 400 for no URL."""
     model_id = model_id_of(request, form)
-    _classification_model(session, account, model_id)
+    KIND.get(session, account, model_id)
     results = url_service.add_images_from_urls(session, runtime, account=account,
                                                model_id=model_id,
                                                category=_category(request, form),
                                                urls=urls_of(form))
-    return upload_response(_answer(session, account, model_id), results)
+    return upload_response(KIND.answer(session, account, model_id), results)
 
 
 @_route("POST", "/Train/", "/Model/{model_id}/Train/")
@@ -136,9 +114,9 @@ def train(request: Request, session: SessionDep, runtime: RuntimeDep, account: A
     """Queue training (a second call while it trains changes nothing); the model object, in
     state 3 (queued) or 4 (training). Poll `GET Model/?modelId=` until state 5."""
     model_id = model_id_of(request, form)
-    _classification_model(session, account, model_id)
+    KIND.get(session, account, model_id)
     request_training(session, runtime, account=account, model_id=model_id)
-    return JSONResponse(_answer(session, account, model_id))
+    return JSONResponse(KIND.answer(session, account, model_id))
 
 
 @_route("POST", "/LabelFile/", "/Model/{model_id}/LabelFile/", dependencies=PREDICTIONS)
@@ -147,7 +125,7 @@ def label_files(request: Request, session: SessionDep, runtime: RuntimeDep,
     """Classify each `file` part: one result per part, in order, `file` its file name; 409
     before the model is ready."""
     model_id = model_id_of(request, form)
-    _classification_model(session, account, model_id)
+    KIND.get(session, account, model_id)
     _, results = predict(session, runtime, account=account, model_id=model_id,
                          uploads=read_uploads(form.files, runtime))
     return prediction_response(results)
@@ -159,7 +137,7 @@ def label_urls(request: Request, session: SessionDep, runtime: RuntimeDep,
     """Classify the image at each of the form's `urls`: `file` is the URL as sent; a URL that
     could not be fetched or used has `"prediction": []` and the answer is 202."""
     model_id = model_id_of(request, form)
-    _classification_model(session, account, model_id)
+    KIND.get(session, account, model_id)
     _, results = url_service.predict_urls(session, runtime, account=account, model_id=model_id,
                                           urls=urls_of(form))
     return prediction_response(results)

@@ -41,24 +41,22 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.orm import Session
 
 from app.api.deps import AccountDep, RuntimeDep, SessionDep, read_uploads
 from app.api.rate_limits import limit_predictions, limit_uploads
 from app.api.v2.common import (
     FormDep,
+    ModelKind,
     V2Form,
     json_text,
     model_id_of,
     model_object,
-    model_objects,
     prediction_response,
     route_adder,
     upload_response,
     urls_of,
 )
-from app.db.tables import Account, Model
-from app.errors import InvalidInput, NotFound
+from app.errors import InvalidInput
 from app.services import images as image_service
 from app.services import models as model_service
 from app.services import url_images as url_service
@@ -68,26 +66,11 @@ from app.services.training import request_training
 router = APIRouter(prefix="/MultiLabelClassification")
 route = route_adder(router)
 
-MODEL_TYPE = "multilabelclassification"
+KIND = ModelKind("MultiLabelClassification", "multilabelclassification", multi_label=True)
 UPLOADS = [Depends(limit_uploads)]
 PREDICTIONS = [Depends(limit_predictions)]
 MAX_CREATE_BODY = 1024 * 1024
 IMAGES_PAGE = 1000  # rows read per query when listing a model's images for Annotations
-
-
-def _multi_label_model(session: Session, account: Account, model_id: str) -> Model:
-    """The account's multi-label model; raises NotFound, also for a single-label one (an
-    ImageCategorization model in NanoNets' terms)."""
-    model = model_service.get_model(session, account=account, model_id=model_id)
-    if model.kind != model_service.MULTI_LABEL:
-        raise NotFound(f"No MultiLabelClassification model with id {model_id!r}: it is an "
-                       "ImageCategorization model.", code="model_not_found")
-    return model
-
-
-def _answer(session: Session, account: Account, model_id: str) -> dict[str, Any]:
-    session.expire_all()
-    return model_object(session, _multi_label_model(session, account, model_id), MODEL_TYPE)
 
 
 def _names(value: Any, where: str) -> list[str]:
@@ -155,23 +138,20 @@ async def create_model(request: Request, session: SessionDep, runtime: RuntimeDe
     model = model_service.create_model(session, settings=runtime.settings, account=account,
                                        name=name or default or "MultiLabelClassification model",
                                        categories=categories, kind=model_service.MULTI_LABEL)
-    return JSONResponse(model_object(session, model, MODEL_TYPE))
+    return JSONResponse(model_object(session, model, KIND.model_type))
 
 
 @route("GET", "/Model/{model_id}/", "/Model/")
 def get_model(request: Request, session: SessionDep, account: AccountDep) -> JSONResponse:
     """The model object (NanoNets' sample reads `state` and `status` from it)."""
     model_id = model_id_of(request)
-    return JSONResponse(model_object(session, _multi_label_model(session, account, model_id),
-                                     MODEL_TYPE))
+    return JSONResponse(KIND.answer(session, account, model_id))
 
 
 @route("GET", "/Models/")
 def list_models(session: SessionDep, account: AccountDep) -> JSONResponse:
     """The account's multi-label models, newest first."""
-    models = [model for model in model_service.list_models(session, account=account)
-              if model.kind == model_service.MULTI_LABEL]
-    return JSONResponse(model_objects(session, models, MODEL_TYPE))
+    return JSONResponse(KIND.listed(session, account))
 
 
 @route("GET", "/Model/{model_id}/Annotations")
@@ -179,7 +159,7 @@ def model_annotations(request: Request, session: SessionDep, account: AccountDep
     """What the client's state check reads: `Meta` (the model object's fields, lower case)
     and `Data`, one entry per uploaded image with its categories, in upload order."""
     model_id = model_id_of(request)
-    meta = model_object(session, _multi_label_model(session, account, model_id), MODEL_TYPE)
+    meta = KIND.answer(session, account, model_id)
     data: dict[int, dict[str, Any]] = {}
     page = 1
     while True:
@@ -202,12 +182,12 @@ def upload_files(request: Request, session: SessionDep, runtime: RuntimeDep,
     """Add the `files` parts with the categories `data` gives each; 200 with the model
     object, 202 when some files could not be used (listed under `errors`)."""
     model_id = model_id_of(request, form)
-    _multi_label_model(session, account, model_id)
+    KIND.get(session, account, model_id)
     uploads = read_uploads(form.files, runtime)
     labels = _labels_for([upload.filename for upload in uploads], form)
     results = image_service.add_images(session, runtime, account=account, model_id=model_id,
                                        category=None, uploads=uploads, labels=labels)
-    return upload_response(_answer(session, account, model_id), results)
+    return upload_response(KIND.answer(session, account, model_id), results)
 
 
 @route("POST", "/UploadUrls/", "/Model/{model_id}/UploadUrls/", dependencies=UPLOADS)
@@ -216,7 +196,7 @@ def upload_urls(request: Request, session: SessionDep, runtime: RuntimeDep,
     """Add the images at the form's `urls` with their categories (`data`, or flat
     `categories` for a single URL); 202 when some URLs could not be used, 400 for none."""
     model_id = model_id_of(request, form)
-    _multi_label_model(session, account, model_id)
+    KIND.get(session, account, model_id)
     urls = urls_of(form)
     if form.first("data") is None and len(urls) > 1 and form.all("categories"):
         raise InvalidInput("Flat `categories` cannot say which URL has which: send `data`, a "
@@ -225,7 +205,7 @@ def upload_urls(request: Request, session: SessionDep, runtime: RuntimeDep,
     results = url_service.add_images_from_urls(session, runtime, account=account,
                                                model_id=model_id, category=None, urls=urls,
                                                labels=_labels_for(urls, form))
-    return upload_response(_answer(session, account, model_id), results)
+    return upload_response(KIND.answer(session, account, model_id), results)
 
 
 @route("POST", "/Model/{model_id}/Train/", "/Train/")
@@ -234,9 +214,9 @@ def train(request: Request, session: SessionDep, runtime: RuntimeDep, account: A
     """Queue training; the model object in state 3 or 4. Poll `Model/{id}/Annotations` (the
     client) or `Model/{id}` until state 5."""
     model_id = model_id_of(request, form)
-    _multi_label_model(session, account, model_id)
+    KIND.get(session, account, model_id)
     request_training(session, runtime, account=account, model_id=model_id)
-    return JSONResponse(_answer(session, account, model_id))
+    return JSONResponse(KIND.answer(session, account, model_id))
 
 
 @route("POST", "/Model/{model_id}/LabelFiles/", dependencies=PREDICTIONS)
@@ -245,7 +225,7 @@ def label_files(request: Request, session: SessionDep, runtime: RuntimeDep,
     """Predict each `files` part (the client's `data` part only repeats the names); 409
     before the model is ready."""
     model_id = model_id_of(request, form)
-    _multi_label_model(session, account, model_id)
+    KIND.get(session, account, model_id)
     _, results = predict(session, runtime, account=account, model_id=model_id,
                          uploads=read_uploads(form.files, runtime))
     return prediction_response(results, multi_label=True)
@@ -257,7 +237,7 @@ def label_urls(request: Request, session: SessionDep, runtime: RuntimeDep,
     """Predict the image at each of the form's `urls`; `file` is the URL as sent, a URL that
     could not be used has `"prediction": []` and the answer is 202."""
     model_id = model_id_of(request, form)
-    _multi_label_model(session, account, model_id)
+    KIND.get(session, account, model_id)
     _, results = url_service.predict_urls(session, runtime, account=account, model_id=model_id,
                                           urls=urls_of(form))
     return prediction_response(results, multi_label=True)

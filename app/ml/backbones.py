@@ -189,8 +189,10 @@ def release_backbone(name: str, device: str = "cpu") -> None:
         _models.pop((name, str(torch.device(device))), None)
 
 
-def preprocess_array(network: Network, image: Image.Image) -> np.ndarray:
-    """Return the normalised (3, S, S) float32 input array for one RGB image."""
+def preprocess_array(network: Network, image: Image.Image,
+                     out: np.ndarray | None = None) -> np.ndarray:
+    """Return the normalised (3, S, S) float32 input array for one RGB image, written into
+    `out` when given (a C-contiguous (3, S, S) float32 array: a batch's row, say)."""
     if image.mode != "RGB":
         image = image.convert("RGB")
     image = center_crop_resize(
@@ -199,11 +201,27 @@ def preprocess_array(network: Network, image: Image.Image) -> np.ndarray:
         crop_pct=network.crop_pct,
         resample=_RESAMPLE[network.resample],
     )
-    pixels = np.asarray(image, dtype=np.float32) / 255.0  # (S, S, 3)
-    mean = np.asarray(network.mean, dtype=np.float32)
-    std = np.asarray(network.std, dtype=np.float32)
-    pixels = (pixels - mean) / std
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    pixels = np.asarray(image)  # (S, S, 3) uint8
+    size = network.input_size
+    if out is None:
+        out = np.empty((3, size, size), dtype=np.float32)
+    elif out.shape != (3, size, size) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 (3, {size}, {size}), got {out.dtype} {out.shape}")
+    mean, std = _channel_constants(network)
+    # Channel by channel and in place: the float32 operations of ((p / 255) - mean) / std on
+    # the whole (S, S, 3) array, in the same order, so the same bits; without its temporaries
+    # and the transposing copy it is about 10x faster (docs/EXPERIMENTS.md, "Preprocessing").
+    for c in range(3):
+        channel = out[c]
+        np.copyto(channel, pixels[:, :, c], casting="unsafe")
+        channel /= np.float32(255.0)
+        channel -= mean[c]
+        channel /= std[c]
+    return out
+
+
+def _channel_constants(network: Network) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(network.mean, dtype=np.float32), np.asarray(network.std, dtype=np.float32)
 
 
 def preprocess(network: Network, image: Image.Image) -> torch.Tensor:

@@ -6,6 +6,7 @@ import io
 import re
 import struct
 import zlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -198,16 +199,21 @@ class FeatureCache:
             """Decode each image of the chunk once, make its views, preprocess them for every
             backbone that lacks them: {backbone: ([(hash, view index)], (n, 3, S, S) batch)}."""
             keys: dict[str, list[tuple[str, int]]] = {name: [] for name in plain}
-            arrays: dict[str, list[np.ndarray]] = {name: [] for name in plain}
+            counts = Counter(name for image_hash in chunk for _, name in wanted[image_hash][1])
+            # Each input is written straight into its row of the batch: no stacking copy.
+            batches = {name: np.empty((count, 3, networks[name].input_size,
+                                       networks[name].input_size), dtype=np.float32)
+                       for name, count in counts.items()}
             for image_hash in chunk:
                 load_image, pairs = wanted[image_hash]
                 image = load_image()
                 for v in sorted({v for v, _ in pairs}):
                     view_image = augment(image, image_hash=image_hash, view=views[v])
                     for name in (name for pv, name in pairs if pv == v):
+                        preprocess_array(networks[name], view_image,
+                                         out=batches[name][len(keys[name])])
                         keys[name].append((image_hash, v))
-                        arrays[name].append(preprocess_array(networks[name], view_image))
-            return {name: (keys[name], np.stack(arrays[name])) for name in plain if keys[name]}
+            return {name: (keys[name], batches[name]) for name in plain if keys[name]}
 
         # A bounded pipeline: one thread decodes and preprocesses the next chunk while the
         # engine (which releases the GIL) runs this one; at most two chunks are in memory.

@@ -40,7 +40,10 @@ def extract_features(
         return out
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        batch = np.stack([preprocess_array(network, image) for image in chunk])
+        batch = np.empty((len(chunk), 3, network.input_size, network.input_size),
+                         dtype=np.float32)
+        for row, image in zip(batch, chunk, strict=True):
+            preprocess_array(network, image, out=row)
         out[start : start + len(chunk)] = run_network(backbone, batch, runner)
     return out
 

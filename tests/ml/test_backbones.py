@@ -16,7 +16,9 @@ from app.ml.backbones import (
     get_spec,
     load_backbone,
     preprocess,
+    preprocess_array,
 )
+from app.ml.imaging import center_crop_resize
 from app.ml.registry import BACKBONES
 from tests.ml.conftest import DATASETS, dataset_rows
 
@@ -112,6 +114,27 @@ def test_preprocess_gives_a_normalised_square_tensor(name, size):
     assert tensor.dtype == torch.float32
     expected = (1.0 - np.array(network.mean)) / np.array(network.std)
     np.testing.assert_allclose(tensor.mean(dim=(1, 2)).numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite2"])
+def test_preprocess_into_a_batch_row_gives_the_bits_of_the_plain_formula(name):
+    # The in-place, per-channel normalisation must give exactly what ((p / 255) - mean) / std
+    # gives on the whole resized image, so features cached before it stay valid.
+    network = get_network(name)
+    photo = Image.open(DATASETS / "hymenoptera" / dataset_rows("hymenoptera", "val")[0]["path"])
+    photo = photo.convert("RGB")
+    resized = center_crop_resize(photo, size=network.input_size, crop_pct=network.crop_pct,
+                                 resample=backbones._RESAMPLE[network.resample])
+    plain = np.asarray(resized, dtype=np.float32) / 255.0
+    plain = (plain - np.asarray(network.mean, np.float32)) / np.asarray(network.std, np.float32)
+    batch = np.full((2, 3, network.input_size, network.input_size), np.nan, dtype=np.float32)
+    row = preprocess_array(network, photo, out=batch[1])
+    assert np.shares_memory(row, batch)
+    assert np.array_equal(batch[1], plain.transpose(2, 0, 1))
+    assert np.isnan(batch[0]).all()  # the other row untouched
+    assert np.array_equal(preprocess_array(network, photo), batch[1])
+    with pytest.raises(ValueError, match="float32"):
+        preprocess_array(network, photo, out=np.empty((3, 8, 8), dtype=np.float32))
 
 
 @pytest.mark.slow

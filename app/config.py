@@ -87,7 +87,8 @@ class Settings(BaseSettings):
     )
     augment_views: int | None = Field(
         default=None, ge=0, le=16,
-        description="augmented views per training image; unset: the benchmarked default",
+        description="augmented views per training image; unset: 2 while the smallest category "
+                    "has fewer than 40 images, none from there on (the benchmarked default)",
     )
     extract_on_upload: bool = Field(
         default=True, description="extract features in the background as soon as images arrive"
@@ -256,12 +257,14 @@ class Settings(BaseSettings):
             if set(BACKBONES[name].components) <= installed
         ]
 
-    @property
-    def views(self) -> int:
-        """How many feature views each training image has: the eval view plus augmentations."""
-        from app.ml.augment import DEFAULT_VIEWS
+    def views_for(self, smallest_class: int) -> int:
+        """How many feature views each training image has, the eval view plus augmentations,
+        for a data set whose smallest category has `smallest_class` images."""
+        from app.ml.augment import augmented_views
 
-        return 1 + (DEFAULT_VIEWS if self.augment_views is None else self.augment_views)
+        augmented = (augmented_views(smallest_class) if self.augment_views is None
+                     else self.augment_views)
+        return 1 + augmented
 
     @property
     def images_dir(self) -> Path:

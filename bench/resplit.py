@@ -1,6 +1,7 @@
 """Is the accuracy NanoNet reports honest on a data set, or only on one lucky split?
 
     .venv/bin/python bench/resplit.py [--dataset flower_photos_small] [--splits 10]
+        [--augment-views 2]
         [--cache-dir /tmp/nanonet-feature-cache] [--json bench/results/resplit.json]
 
 A data set's fixed val split is one draw: with 50 val images one image is 2 points, and a split
@@ -86,10 +87,11 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=10)
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/nanonet-feature-cache"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--augment-views", type=int, default=DEFAULT_VIEWS)
     args = parser.parse_args()
 
     cache = FeatureCache(args.cache_dir)
-    features, labels, names, is_train = load(args.dataset, cache, DEFAULT_VIEWS + 1)
+    features, labels, names, is_train = load(args.dataset, cache, args.augment_views + 1)
     rows = [{"split": "fixed (the dataset's val)", **run_split(features, labels, names, is_train)}]
     print(rows[-1], flush=True)
     for seed in range(args.splits):

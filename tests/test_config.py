@@ -98,3 +98,13 @@ def test_a_lease_shorter_than_two_heartbeats_is_refused(monkeypatch):
         Settings()
     monkeypatch.setenv("NANONET_JOB_LEASE_SECONDS", "20")
     assert Settings().job_lease_seconds == 20
+
+
+def test_views_follow_the_smallest_category_unless_set(tmp_path):
+    from app.ml.augment import AUGMENT_BELOW, DEFAULT_VIEWS
+
+    adaptive = Settings(data_dir=tmp_path)
+    assert adaptive.views_for(5) == 1 + DEFAULT_VIEWS
+    assert adaptive.views_for(AUGMENT_BELOW) == 1
+    fixed = Settings(data_dir=tmp_path, augment_views=3)
+    assert fixed.views_for(5) == fixed.views_for(AUGMENT_BELOW) == 4

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from app.db.tables import Account, Image, Job, Model
 from app.errors import Unavailable
 from app.services import jobs as job_service
+from app.services.models import smallest_category, training_set
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -78,6 +79,8 @@ def run_extraction_job(runtime: Runtime, job_id: str) -> None:
             return
         digests = list(session.scalars(select(Image.sha256).where(Image.model_id == job.model_id)
                                        .order_by(Image.id)))
+        # The views the next training will use: it decides them by the smallest category.
+        smallest = smallest_category(training_set(session, model_id=job.model_id))
     settings = runtime.settings
 
     def progress(fraction: float) -> None:
@@ -85,7 +88,8 @@ def run_extraction_job(runtime: Runtime, job_id: str) -> None:
             job_service.set_progress(session, job_id=job_id, stage="extracting_features",
                                      progress=0.99 * fraction)
 
-    extract(runtime, digests, backbones=settings.candidate_backbones, views=settings.views,
+    views = settings.views_for(smallest)
+    extract(runtime, digests, backbones=settings.candidate_backbones, views=views,
             progress=progress)
     with runtime.session_factory() as session:
         job_service.succeed_job(session, job_id=job_id, result={"images": len(digests)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections import Counter
 from functools import partial
 
 from sqlalchemy import func, select
@@ -170,6 +171,12 @@ def remove_unused_images(session: Session, runtime: Runtime, *, digests: set[str
 
 def _has_image_row(session: Session, digest: str) -> bool:
     return session.scalar(select(Image.id).where(Image.sha256 == digest).limit(1)) is not None
+
+
+def smallest_category(rows: list[tuple[int, str, int]]) -> int:
+    """How many images the smallest labelled category of training_set rows has (0: none)."""
+    counts = Counter(position for _, _, position in rows)
+    return min(counts.values(), default=0)
 
 
 def training_set(session: Session, *, model_id: str) -> list[tuple[int, str, int]]:

@@ -19,7 +19,7 @@ from app.errors import InvalidInput, NotFound
 from app.schemas.metrics import MULTI_LABEL_KIND, MultiLabelMetrics, VersionMetrics, VersionParams
 from app.services import jobs as job_service
 from app.services.features import extract
-from app.services.models import MULTI_LABEL, get_model, training_set
+from app.services.models import MULTI_LABEL, get_model, smallest_category, training_set
 from app.services.review import out_of_fold_path, save_out_of_fold
 from app.services.versions import (
     ACTIVATE_POLICIES,
@@ -92,8 +92,9 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
         labels = [category.name for category in model.categories]
         multi_label = model.kind == MULTI_LABEL
         policy = (job.params or {}).get("activate", "always")
+        views = settings.views_for(smallest_category(rows))
         number = _start_version(session, job=job, model=model, labels=labels, rows=rows,
-                                settings={"backbones": list(backbones), "views": settings.views,
+                                settings={"backbones": list(backbones), "views": views,
                                           "seed": 0, "activate": policy})
 
     def progress(stage: str, fraction: float) -> None:
@@ -107,11 +108,12 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
     # A multi-label image is one row per category it carries: its features are needed once.
     images = list(dict.fromkeys((image_id, digest) for image_id, digest, _ in rows))
     features = extract(runtime, [digest for _, digest in images], backbones=backbones,
-                       views=settings.views,
+                       views=views,
                        progress=lambda f: progress("extracting_features", 0.02 + 0.68 * f))
     if multi_label:
         _fit_multi_label(runtime, job_id=job_id, number=number, rows=rows, images=images,
-                         labels=labels, features=features, started=started, progress=progress)
+                         labels=labels, features=features, views=views, started=started,
+                         progress=progress)
         return
     targets = np.array([position for _, _, position in rows])
 
@@ -119,7 +121,7 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
     result = fit_model(features, targets, labels, seed=0)
     metrics = VersionMetrics.model_validate(result.metrics) if result.metrics else None
     params = VersionParams.model_validate({
-        "l2": result.candidate.l2, "views": settings.views, "metrics_note": result.metrics_note,
+        "l2": result.candidate.l2, "views": views, "metrics_note": result.metrics_note,
         "candidates": result.scores, "unknown_threshold": (result.unknown or {}).get("threshold")})
     train_seconds = time.perf_counter() - started
 
@@ -152,7 +154,8 @@ def run_training_job(runtime: Runtime, job_id: str) -> None:
 
 def _fit_multi_label(runtime: Runtime, *, job_id: str, number: int,
                      rows: list[tuple[int, str, int]], images: list[tuple[int, str]],
-                     labels: list[str], features: dict[str, np.ndarray], started: float,
+                     labels: list[str], features: dict[str, np.ndarray], views: int,
+                     started: float,
                      progress: Callable[[str, float], None]) -> None:
     """The multi-label job body after extraction: one-vs-rest heads, per-category thresholds
     and nested-CV metrics (app.ml.multilabel), saved and served as a single-label one is."""
@@ -171,7 +174,7 @@ def _fit_multi_label(runtime: Runtime, *, job_id: str, number: int,
     metrics = (MultiLabelMetrics.model_validate({"kind": MULTI_LABEL_KIND, **result.metrics})
                if result.metrics else None)
     params = VersionParams.model_validate({
-        "l2": result.candidate.l2, "views": runtime.settings.views,
+        "l2": result.candidate.l2, "views": views,
         "metrics_note": result.metrics_note, "candidates": [], "unknown_threshold": None})
     progress("saving", 0.9)
     served = _serve_version(runtime, job_id=job_id, result=result, metrics=metrics,

@@ -73,3 +73,12 @@ def test_negative_views_are_rejected():
 
 def test_default_views_is_small():
     assert 0 <= DEFAULT_VIEWS <= 8
+
+
+def test_augmented_views_stop_once_the_smallest_category_is_large():
+    from app.ml.augment import AUGMENT_BELOW, augmented_views
+
+    assert augmented_views(1) == DEFAULT_VIEWS
+    assert augmented_views(AUGMENT_BELOW - 1) == DEFAULT_VIEWS
+    assert augmented_views(AUGMENT_BELOW) == 0
+    assert augmented_views(10_000) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
@@ -48,7 +49,9 @@ def predict(session: Session, runtime: Runtime, *, account: Account, model_id: s
     settings = runtime.settings
     results: list[dict[str, Any]] = []
     accepted: list[tuple[dict[str, Any], PILImage.Image]] = []
-    with runtime.inference.hold():
+    # Announced to the micro-batcher while decoding: a lone request then skips its window.
+    announce = getattr(runtime.runner, "preparing", nullcontext)
+    with runtime.inference.hold(), announce():
         for result, _, decoded in decode_uploads(uploads, settings, results):
             result["status"] = "ok"
             accepted.append((result, decoded.image))

@@ -170,3 +170,94 @@ def test_the_runtime_wraps_its_runner_when_the_window_is_set(tmp_path) -> None: 
     assert isinstance(plain.runner, OnnxRunner)
     batched.close()
     plain.close()
+
+
+def test_a_lone_announced_caller_skips_the_window() -> None:
+    inner = Recorder()
+    runner = BatchingRunner(inner, window_s=30, max_size=32)  # a window no test would wait out
+    done = threading.Event()
+
+    def call() -> None:
+        with runner.preparing():
+            runner.run("mobilenet_v2", batch_of(1))
+        done.set()
+
+    threading.Thread(target=call, daemon=True).start()
+    assert done.wait(10)  # nobody else announced: it ran at once
+    assert inner.calls == [("mobilenet_v2", 1)] and runner.preparing_now == 0
+
+
+def test_the_lane_waits_for_an_announced_caller_still_decoding_and_merges_it() -> None:
+    inner = Recorder()
+    runner = BatchingRunner(inner, window_s=30, max_size=32)
+    decoded, second_done = threading.Event(), threading.Event()
+    results: dict[str, np.ndarray] = {}
+    first_announced = threading.Event()
+
+    def first() -> None:
+        with runner.preparing():
+            first_announced.set()
+            results["first"] = runner.run("mobilenet_v2", batch_of(1))
+
+    def second() -> None:
+        with runner.preparing():
+            assert decoded.wait(10)  # still decoding while the first one is queued
+            results["second"] = runner.run("mobilenet_v2", batch_of(2))
+        second_done.set()
+
+    late = threading.Thread(target=second, daemon=True)
+    late.start()
+    while runner.preparing_now < 1:
+        time.sleep(0.01)
+    early = threading.Thread(target=first, daemon=True)
+    early.start()
+    assert first_announced.wait(10)
+    early.join(0.3)
+    assert early.is_alive() and inner.calls == []  # waiting for the second, not run alone
+    decoded.set()
+    assert second_done.wait(10)
+    early.join(10)
+    assert inner.calls == [("mobilenet_v2", 2)]  # one call for both
+    np.testing.assert_array_equal(results["first"], Recorder().run("x", batch_of(1)))
+    np.testing.assert_array_equal(results["second"], Recorder().run("x", batch_of(2)))
+
+
+def test_an_announced_caller_that_gives_up_releases_the_lane() -> None:
+    inner = Recorder()
+    runner = BatchingRunner(inner, window_s=30, max_size=32)
+    give_up = threading.Event()
+
+    def failing_decoder() -> None:
+        with pytest.raises(ValueError), runner.preparing():
+            assert give_up.wait(10)
+            raise ValueError("corrupt upload")  # leaves without calling run()
+
+    quitter = threading.Thread(target=failing_decoder, daemon=True)
+    quitter.start()
+    while runner.preparing_now < 1:
+        time.sleep(0.01)
+    done = threading.Event()
+
+    def call() -> None:
+        with runner.preparing():
+            runner.run("mobilenet_v2", batch_of(3))
+        done.set()
+
+    threading.Thread(target=call, daemon=True).start()
+    assert not done.wait(0.3)  # the lane waits: someone announced is still decoding
+    give_up.set()
+    assert done.wait(10)
+    quitter.join(10)
+    assert runner.preparing_now == 0 and inner.calls == [("mobilenet_v2", 1)]
+
+
+def test_callers_that_never_announce_keep_the_plain_window() -> None:
+    inner = Recorder()
+    runner = BatchingRunner(inner, window_s=5, max_size=2)  # max_size 2 ends the wait
+    first = threading.Thread(target=runner.run, args=("mobilenet_v2", batch_of(1)), daemon=True)
+    first.start()
+    first.join(0.3)
+    assert first.is_alive() and inner.calls == []  # waiting out its window for company
+    assert runner.run("mobilenet_v2", batch_of(2)).shape == (1, 3)
+    first.join(10)
+    assert inner.calls == [("mobilenet_v2", 2)]

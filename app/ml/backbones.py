@@ -81,13 +81,29 @@ def component_weights(name: str) -> tuple[float, ...]:
     return tuple(1.0 / get_network(part).typical_norm for part in parts)
 
 
+# Packages found importable once stay so for the process: every predict asks (load_head), and
+# find_spec takes the import lock and stats sys.path, which under 16 concurrent predicts cost
+# about as much CPU as decoding the photo. A missing one is looked for again each time, so
+# weights installed later are found without a restart.
+_importable: set[str] = set()
+
+
+def _is_importable(package: str) -> bool:
+    if package in _importable:
+        return True
+    if importlib.util.find_spec(package) is None:
+        return False
+    _importable.add(package)
+    return True
+
+
 def available_backbones() -> list[str]:
     """Return the plain backbones whose code and weight packages are importable (no loading)."""
     return [
         name
         for name, spec in BACKBONES.items()
         if spec.network is not None
-        and all(importlib.util.find_spec(pkg) is not None for pkg in _required_packages(name)[0])
+        and all(_is_importable(pkg) for pkg in _required_packages(name)[0])
     ]
 
 

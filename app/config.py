@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     onnx_threads: int | None = Field(
         default=None, ge=1,
         description="intra-op threads of each ONNX Runtime session; unset: every core")
+    onnx_spin: bool = Field(
+        default=False,
+        description="let ONNX Runtime's idle threads spin-wait for work instead of sleeping; "
+                    "off: on a CPU it shares with decoding and the web server the spinning "
+                    "threads take the cores those need (docs/EXPERIMENTS.md, Threads)")
     engine_cache_dir: Path | None = Field(
         default=None,
         description="where the ONNX exports of the backbones are kept (one per weights hash "

@@ -175,7 +175,8 @@ class Runtime:
 
                 settings = self.settings
                 runner = make_runner(settings.torch_device, settings.engines_dir,
-                                     engine=settings.engine, threads=settings.onnx_threads)
+                                     engine=settings.engine, threads=settings.onnx_threads,
+                                     spin=settings.onnx_spin)
                 if settings.microbatch_window_ms > 0:  # concurrent predicts share a call
                     from app.ml.batching import BatchingRunner
 

@@ -73,7 +73,7 @@ def main() -> None:
 
     settings = Settings()
     runner = make_runner("cpu", settings.engines_dir, engine=settings.engine,
-                         threads=settings.onnx_threads)
+                         threads=settings.onnx_threads, spin=settings.onnx_spin)
     paths = sorted((DATASETS / args.dataset).glob("*/*/*"))[: args.images]
     blobs = [p.read_bytes() for p in paths]
     print(f"{len(blobs)} images of {args.dataset}, engine {type(runner).__name__}, "

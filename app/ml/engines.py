@@ -151,11 +151,14 @@ class OnnxRunner:
 
     `threads` caps each session's intra-op pool (None: ONNX Runtime's default, every core);
     sessions run one operator at a time, so a request never takes more than that many cores.
+    `spin`: whether the pool's idle threads spin-wait (ONNX Runtime's default) or sleep.
     """
 
-    def __init__(self, cache_dir: Path, *, threads: int | None = None) -> None:
+    def __init__(self, cache_dir: Path, *, threads: int | None = None,
+                 spin: bool = False) -> None:
         self.cache_dir = cache_dir
         self.threads = threads
+        self.spin = spin
         self._sessions: dict[str, onnxruntime.InferenceSession | None] = {}
         self._lock = threading.Lock()
         self._fallback = TorchRunner("cpu")
@@ -203,6 +206,11 @@ class OnnxRunner:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.inter_op_num_threads = 1
+        # Spinning saves a wake-up per operator when nothing else wants the cores, and takes
+        # them from decoding and the web server when something does (docs/EXPERIMENTS.md,
+        # "Threads"): off unless asked for.
+        options.add_session_config_entry("session.intra_op.allow_spinning",
+                                         "1" if self.spin else "0")
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
         try:
@@ -237,12 +245,12 @@ class _file_lock:  # noqa: N801  (used as a context manager, like open)
 
 
 def make_runner(device: str, cache_dir: Path, *, engine: str = "auto",
-                threads: int | None = None) -> Runner:
+                threads: int | None = None, spin: bool = False) -> Runner:
     """The runner a runtime uses: `engine` `onnx`, `torch`, or `auto` (ONNX Runtime on a CPU,
     torch on any other device)."""
     if engine == "torch" or (engine == "auto" and device != "cpu"):
         return TorchRunner(device)
     if device != "cpu":
         raise ValueError(f"the ONNX engine runs on the CPU; device is {device!r}")
-    return OnnxRunner(cache_dir, threads=threads)
+    return OnnxRunner(cache_dir, threads=threads, spin=spin)
 

@@ -61,6 +61,17 @@ def test_an_export_is_made_once_and_reused(shared: OnnxRunner, tmp_path: Path,
     assert again.session("mobilenet_v2") is not None
 
 
+def test_sessions_spin_only_when_asked(shared: OnnxRunner) -> None:
+    def spinning(runner: OnnxRunner) -> str:
+        session = runner.session("mobilenet_v2")
+        assert session is not None
+        options = session.get_session_options()
+        return options.get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert spinning(shared) == "0"
+    assert spinning(OnnxRunner(ENGINES, spin=True)) == "1"
+
+
 def test_a_checked_export_leaves_no_torch_copy_behind(tmp_path: Path) -> None:
     from app.ml import backbones
 
@@ -102,6 +113,8 @@ def test_the_runner_follows_the_settings(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="runs on the CPU"):
         make_runner("cuda", tmp_path, engine="onnx")
     assert make_runner("cpu", tmp_path, threads=1).threads == 1  # type: ignore[attr-defined]
+    assert make_runner("cpu", tmp_path).spin is False  # type: ignore[attr-defined]
+    assert make_runner("cpu", tmp_path, spin=True).spin is True  # type: ignore[attr-defined]
 
 
 def test_composites_are_run_by_their_parts(shared: OnnxRunner) -> None:

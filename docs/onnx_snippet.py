@@ -4,7 +4,7 @@ from PIL import Image, ImageOps
 
 def prepare(path, r):  # one photo as NanoNet preprocesses it for an input whose recipe is r
     with Image.open(path) as image:
-        image.draft("RGB", (r["max_side"], r["max_side"]))  # a JPEG decodes at reduced scale
+        image.draft("RGB", (r["draft_side"], r["draft_side"]))  # JPEG: decoded at reduced scale
         image = ImageOps.exif_transpose(image).convert("RGBA")
     flat = Image.new("RGB", image.size, (255, 255, 255))
     flat.paste(image, mask=image)  # transparency on white

@@ -18,6 +18,7 @@ from app.ml.augment import augment
 from app.ml.backbones import components, get_network, preprocess_array
 from app.ml.engines import Runner
 from app.ml.features import assemble, run_network
+from app.ml.imaging import DRAFT_SIDE
 from app.storage import atomic_writer
 
 # Hashes and backbone names become path components: allow nothing that could climb or nest.
@@ -71,6 +72,11 @@ def _check_view(view: int) -> int:
     return int(view)
 
 
+# The decode recipe the cached vectors were made with: a folder per recipe, so vectors of an
+# older one are never mixed with the new (they are recomputed; the old folders can be deleted).
+RECIPE = f"decode-{DRAFT_SIDE}"
+
+
 class FeatureCache:
     """On-disk cache of feature vectors keyed by (image content hash, plain backbone, view)."""
 
@@ -81,7 +87,8 @@ class FeatureCache:
         """Return the file for (image_hash, backbone, view); raise ValueError on unsafe keys."""
         _check_component(image_hash, "image hash")
         _check_component(backbone, "backbone name")
-        return self.root / backbone / str(_check_view(view)) / image_hash[:2] / f"{image_hash}.npy"
+        return (self.root / RECIPE / backbone / str(_check_view(view)) / image_hash[:2]
+                / f"{image_hash}.npy")
 
     def get(self, image_hash: str, backbone: str, *, view: int = 0) -> np.ndarray | None:
         """Return the cached 1-D float32 vector, or None if absent; a damaged file (truncated,
@@ -113,9 +120,12 @@ class FeatureCache:
         """Delete every cached vector of an image (all backbones, all views); return how many."""
         _check_component(image_hash, "image hash")
         removed = 0
-        for path in self.root.glob(f"*/*/{image_hash[:2]}/{image_hash}.npy"):
-            path.unlink(missing_ok=True)
-            removed += 1
+        name = f"{image_hash[:2]}/{image_hash}.npy"
+        # recipe/backbone/view/..., and backbone/view/... as written before recipe folders
+        for pattern in (f"*/*/*/{name}", f"*/*/{name}"):
+            for path in self.root.glob(pattern):
+                path.unlink(missing_ok=True)
+                removed += 1
         return removed
 
     def features_for(

@@ -73,6 +73,15 @@ class PixelBudget:
         self.left -= pixels
 
 
+# A JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Pillow's draft) as long
+# as both sides stay >= this: every backbone's inputs are made from it without upscaling, the
+# eval crop (Lite2: 260 px from 260 / 0.89 = 292) and the smallest augmented crop (260 px from
+# 260 / sqrt(0.5) = 368); tests/ml/test_imaging.py holds it to the registry. A 12-megapixel phone
+# photo then decodes at 1/4 scale instead of 1/2 and skips the Lanczos shrink to max_side
+# (docs/EXPERIMENTS.md, "Preprocessing").
+DRAFT_SIDE = 384
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     image: Image.Image  # mode "RGB", EXIF orientation applied, long side <= max_side
@@ -87,9 +96,12 @@ def decode_image(
     max_bytes: int = 20 * _MIB,
     max_pixels: int = 40_000_000,
     max_side: int = 1024,
+    draft_side: int = DRAFT_SIDE,
     budget: PixelBudget | None = None,
 ) -> DecodedImage:
     """Return the upright 8-bit RGB first frame, long side <= max_side; raise ImageRejected.
+
+    A JPEG decodes at reduced scale while both sides stay >= min(draft_side, max_side).
 
     `source`: the bytes, or a seekable binary file (read from its start, never whole into
     memory by this function). `budget` is charged the header's pixels before decoding.
@@ -121,7 +133,7 @@ def decode_image(
         if budget is not None:
             budget.charge(width, height)
         try:
-            swapped = _load_upright(img, max_side)
+            swapped = _load_upright(img, min(draft_side, max_side))
             rgb = _shrink(_to_rgb(img), max_side)
         except ImageRejected:
             raise
@@ -218,13 +230,13 @@ def _header_size(data: BinaryIO) -> tuple[int, int] | None:
         return None
 
 
-def _load_upright(img: Image.Image, max_side: int) -> bool:
+def _load_upright(img: Image.Image, draft_side: int) -> bool:
     """Decode the first frame and apply EXIF orientation in place; return whether width and height
     swapped; raise whatever Pillow raises."""
     img.seek(0)  # animations: first frame only; never touch n_frames/is_animated, they scan all
     if img.format in ("JPEG", "MPO"):
-        # Lets libjpeg decode at 1/2, 1/4 or 1/8 scale while staying >= max_side.
-        img.draft("RGB", (max_side, max_side))
+        # Lets libjpeg decode at 1/2, 1/4 or 1/8 scale while both sides stay >= draft_side.
+        img.draft("RGB", (draft_side, draft_side))
     img.load()  # full decode now, so truncation surfaces here rather than later
     orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
     if orientation != 1:

@@ -32,7 +32,7 @@ from app.ml.registry import Network
 from app.storage import atomic_writer
 
 # Part of every built file's cache key: change it when the graph or metadata recipe changes.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2: JPEGs decode down to draft_side, not max_side
 OUTPUT = "probabilities"
 SHARED_INPUT = "input"
 OPSET = 20
@@ -42,6 +42,7 @@ PARITY_TOLERANCE = 1e-5
 # The long side decode_image shrinks every photo to before preprocessing (its default, which
 # uploads and predictions use): part of the recipe a client must reproduce.
 MAX_SIDE: int = inspect.signature(decode_image).parameters["max_side"].default
+DRAFT_SIDE: int = min(MAX_SIDE, inspect.signature(decode_image).parameters["draft_side"].default)
 _BATCH = "batch"
 
 
@@ -50,8 +51,10 @@ def recipe(network: Network) -> dict[str, Any]:
     of one input, and what preprocess_array does after decode_image."""
     return {
         "decode": ("8-bit RGB, EXIF orientation applied, alpha composited on white; JPEG "
-                   "decoded with Pillow draft('RGB', (max_side, max_side)); then, if its long "
-                   "side exceeds max_side, resized so it is max_side (Lanczos, reducing_gap 3)"),
+                   "decoded with Pillow draft('RGB', (draft_side, draft_side)); then, if its "
+                   "long side exceeds max_side, resized so it is max_side (Lanczos, "
+                   "reducing_gap 3)"),
+        "draft_side": DRAFT_SIDE,
         "max_side": MAX_SIDE,
         "size": network.input_size,
         "crop_pct": network.crop_pct,

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from app.ml import cache as cache_module
-from app.ml.cache import FeatureCache
+from app.ml.cache import RECIPE, FeatureCache
 from app.ml.features import extract_features
 from tests.ml.conftest import DATASETS, dataset_rows, image_loader
 
@@ -16,7 +16,7 @@ def test_put_then_get_round_trips_in_the_documented_layout(tmp_path):
     cache = FeatureCache(tmp_path)
     vector = np.arange(1280, dtype=np.float64)
     cache.put(HASH, "mobilenet_v2", vector)
-    path = tmp_path / "mobilenet_v2" / "0" / "ab" / f"{HASH}.npy"
+    path = tmp_path / RECIPE / "mobilenet_v2" / "0" / "ab" / f"{HASH}.npy"
     assert path.is_file()
     got = cache.get(HASH, "mobilenet_v2")
     assert got.dtype == np.float32
@@ -39,13 +39,17 @@ def test_discard_removes_every_backbone_and_view_of_one_image_only(tmp_path):
     assert cache.discard(HASH) == 0
     with pytest.raises(ValueError):
         cache.discard("../" + HASH)
+    legacy = tmp_path / "mobilenet_v2" / "0" / HASH[:2] / f"{HASH}.npy"  # before recipe folders
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(b"old")
+    assert cache.discard(HASH) == 1 and not legacy.exists()
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage", b"\x93NUMPY\x01\x00v\x00{'descr'"])
 def test_corrupt_files_are_misses(tmp_path, content):
     cache = FeatureCache(tmp_path)
     cache.put(HASH, "mobilenet_v2", np.ones(1280))
-    (tmp_path / "mobilenet_v2" / "0" / "ab" / f"{HASH}.npy").write_bytes(content)
+    (tmp_path / RECIPE / "mobilenet_v2" / "0" / "ab" / f"{HASH}.npy").write_bytes(content)
     assert cache.get(HASH, "mobilenet_v2") is None
 
 
@@ -54,7 +58,7 @@ def test_wrong_shapes_are_refused_or_missed(tmp_path):
     with pytest.raises(ValueError):
         cache.put(HASH, "mobilenet_v2", np.ones((2, 1280)))
     np.save(tmp_path / "x.npy", np.ones((2, 3), dtype=np.float32))
-    target = tmp_path / "mobilenet_v2" / "0" / "ab" / f"{HASH}.npy"
+    target = tmp_path / RECIPE / "mobilenet_v2" / "0" / "ab" / f"{HASH}.npy"
     target.parent.mkdir(parents=True)
     os.replace(tmp_path / "x.npy", target)
     assert cache.get(HASH, "mobilenet_v2") is None
@@ -156,7 +160,7 @@ def test_views_are_cached_separately_and_augmented(tmp_path, monkeypatch):
     items = [_noise_item("aa", 0), _noise_item("bb", 1)]
     view0 = cache.features_for("mobilenet_v2", items)
     view1 = cache.features_for("mobilenet_v2", items, view=1)
-    assert (tmp_path / "mobilenet_v2" / "1" / "aa" / f"{'aa' * 32}.npy").is_file()
+    assert (tmp_path / RECIPE / "mobilenet_v2" / "1" / "aa" / f"{'aa' * 32}.npy").is_file()
     assert calls == [("mobilenet_v2", 2), ("mobilenet_v2", 2)]
     assert not np.array_equal(view0, view1)  # view 1 is an augmentation, not the image
     np.testing.assert_array_equal(cache.get("aa" * 32, "mobilenet_v2", view=1), view1[0])

@@ -263,10 +263,32 @@ def test_large_jpeg_decodes_at_reduced_scale(monkeypatch: pytest.MonkeyPatch) ->
         return result
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
-    result = decode_image(encode(scene(3000, 2100), "JPEG", quality=90), max_side=700)
-    assert drafts == [("RGB", (1500, 1050))]  # libjpeg decoded at half scale
+    photo = encode(scene(3000, 2100), "JPEG", quality=90)
+    result = decode_image(photo, max_side=700)
+    # libjpeg decoded at quarter scale: 1/8 would put the short side under DRAFT_SIDE (384)
+    assert drafts == [("RGB", (750, 525))]
     assert (result.width, result.height) == (3000, 2100)
     assert result.image.size == (700, 490)
+    drafts.clear()
+    assert decode_image(photo).image.size == (750, 525)  # under max_side: no shrink at all
+    drafts.clear()
+    assert decode_image(photo, max_side=700, draft_side=700).image.size == (700, 490)
+    assert drafts == [("RGB", (1500, 1050))]  # half scale, both sides kept >= 700
+
+
+def test_the_draft_side_leaves_every_backbone_input_without_upscaling() -> None:
+    import math
+
+    from app.ml.augment import CROP_SCALE
+    from app.ml.registry import BACKBONES
+
+    for spec in BACKBONES.values():
+        network = spec.network
+        if network is None:
+            continue
+        eval_crop = network.input_size / network.crop_pct
+        smallest_augmented_crop = network.input_size / math.sqrt(CROP_SCALE[0])
+        assert imaging.DRAFT_SIDE >= math.ceil(max(eval_crop, smallest_augmented_crop))
 
 
 def test_rotated_large_jpeg_reports_displayed_full_size() -> None:

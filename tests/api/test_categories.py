@@ -131,12 +131,12 @@ def test_delete_removes_unshared_blobs_and_keeps_shared_ones(client: TestClient)
                                                                      strict=True)}
     assert all(path.exists() for path in blob.values())
     wait_for_extraction(client, model_id)
-    assert list(runtime.features.root.glob(f"*/*/*/{digests[1]}.npy"))
+    assert list(runtime.features.root.rglob(f"{digests[1]}.npy"))
 
     assert client.delete(url(model_id, "cherry"), headers=bearer()).status_code == 204
     assert blob[shared].exists()  # the other model still has it
     assert not blob[own].exists()
-    assert not list(runtime.features.root.glob(f"*/*/*/{digests[1]}.npy"))
+    assert not list(runtime.features.root.rglob(f"{digests[1]}.npy"))
     assert categories_of(client, model_id) == [("hemlock", 1), ("japanese_cherry", 0)]
     assert categories_of(client, other_id) == [("hemlock", 0), ("japanese_cherry", 1)]
 

@@ -18,7 +18,8 @@ from app.services.accounts import authenticate
 from app.services.images import Upload
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async: an attribute read, not worth the thread-pool hand-off a sync dependency costs
     return request.app.state.runtime
 
 
@@ -63,6 +64,12 @@ def vouch(scope: MutableMapping[str, Any], *, key: str, account_id: str) -> None
 
 
 def get_account(request: Request, session: SessionDep) -> Account:
+    return account_for(request, session)
+
+
+def account_for(request: Request, session: Session) -> Account:
+    """The account of the request's key (taken from the intake guard's check when it made one);
+    raises Unauthorized."""
     key = api_key_from(request)
     if key is None:
         raise Unauthorized("Send your API key as `Authorization: Bearer KEY` "

@@ -260,13 +260,15 @@ def test_sigkill_during_a_training(tmp_path: Path) -> None:
             assert _upload(server, model_id, _label_of(name), [(name, data)]).status_code == 200
         job_id = _train(server, model_id)
         deadline = time.monotonic() + 120
-        while _job(server, job_id)["status"] != "running":
+        # Killed while it extracts the new photos' features: from "saving" on, the new version
+        # may already serve (a version serves before its learning curve is measured).
+        while _job(server, job_id)["stage"] != "extracting_features":
             assert time.monotonic() < deadline, _job(server, job_id)
-            time.sleep(0.02)
-        time.sleep(0.5)
+            time.sleep(0.01)
         _kill(server)
-    [(status,)] = _rows(data_dir, f"SELECT status FROM job WHERE id = '{job_id}'")
-    assert status == "running", f"the kill came too late to test anything: {status}"
+    [(status, stage)] = _rows(data_dir, f"SELECT status, stage FROM job WHERE id = '{job_id}'")
+    assert (status, stage) == ("running", "extracting_features"), \
+        f"the kill came too late to test anything: {status}, {stage}"
 
     with _serve(data_dir, tmp_path / "second.log") as server:
         response = httpx.post(f"{server.url}/api/v1/models/{model_id}/predict",

@@ -159,7 +159,17 @@ def test_a_webhook_delivery_is_not_cancelled_on_its_own(tmp_path: Path,
         assert response.json()["error"]["code"] == "job_not_cancellable"
 
 
-def test_a_training_past_its_time_limit_fails_with_the_reason(tmp_path: Path) -> None:
+def test_a_training_past_its_time_limit_fails_with_the_reason(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.ml import select
+
+    fit_model = select.fit_model
+
+    def slow_fit_model(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.0)  # a training of 4 images per class is done well inside 0.5 s
+        return fit_model(*args, **kwargs)
+
+    monkeypatch.setattr(select, "fit_model", slow_fit_model)
     with _app(tmp_path / "data", training_timeout=0.5) as client:
         model_id = _model(client, 4)
         job = wait_for_job(client, _train(client, model_id), timeout=300)

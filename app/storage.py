@@ -56,19 +56,23 @@ def _sync_dir(directory: Path) -> None:
 
 
 @contextmanager
-def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+def atomic_writer(path: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
     """Yield a file whose content replaces `path` in one step when the block ends without error.
 
     Readers (the predictor, other workers) see the old file or the new one, never a partial one:
     the content goes to a temp file in the same directory, is made durable, then renamed.
+    `durable=False` skips the fsync: still atomic for every reader and across a process crash,
+    but a power loss may leave the file empty or partial, so only for content that checks
+    itself on read and can be made again (the feature cache's checksummed vectors).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

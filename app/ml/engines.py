@@ -32,12 +32,42 @@ log = logging.getLogger(__name__)
 # deployment exports again on first use instead of loading a file made the old way.
 EXPORT_RECIPE = 1
 PARITY_TOLERANCE = 1e-4  # max abs difference of an export's features from torch's
+# A single-threaded session runs a longer batch in passes of this many images: on a 2-core
+# Xeon, two streams of MobileNetV2 passes gave 378 img/s in batches of 4 against 318 in 16,
+# Lite2 138 against 132 (the activations of small batches stay in the core's cache;
+# docs/EXPERIMENTS.md, "Ingest streams").
+SINGLE_THREADED_BATCH = 4
 
 
 class Runner(Protocol):
     """Pooled features of one plain backbone for a preprocessed batch."""
 
     def run(self, backbone: str, batch: np.ndarray) -> np.ndarray: ...
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, which containers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def bulk_runner(runner: Runner) -> tuple[Runner, int]:
+    """What bulk work (feature extraction over many images) should call, and how many of its
+    calls to keep running at once.
+
+    An OnnxRunner offers single-threaded sessions of the same checked exports, one call per
+    core (`OnnxRunner.streams`): on a CPU, independent single-threaded passes beat one pass
+    split over the cores, and the image decoding that feeds them fits between them instead of
+    stalling every operator's thread barrier (docs/EXPERIMENTS.md, "Ingest streams"). Any
+    other runner (torch on a CPU or GPU) is called one batch at a time, as it is.
+    """
+    streams = getattr(runner, "streams", None)
+    single = getattr(runner, "single_threaded", None)
+    if isinstance(streams, int) and streams > 1 and single is not None:
+        return single, streams
+    return runner, 1
 
 
 class TorchRunner:
@@ -152,6 +182,10 @@ class OnnxRunner:
     `threads` caps each session's intra-op pool (None: ONNX Runtime's default, every core);
     sessions run one operator at a time, so a request never takes more than that many cores.
     `spin`: whether the pool's idle threads spin-wait (ONNX Runtime's default) or sleep.
+
+    `single_threaded` runs the same checked exports in sessions without a pool, each call on
+    its caller's thread, for `streams` (= `threads`, or every core) callers at once: the bulk
+    path (`bulk_runner`). Its sessions are made only when bulk work first asks for them.
     """
 
     def __init__(self, cache_dir: Path, *, threads: int | None = None,
@@ -159,16 +193,32 @@ class OnnxRunner:
         self.cache_dir = cache_dir
         self.threads = threads
         self.spin = spin
+        self.streams = threads or available_cores()
         self._sessions: dict[str, onnxruntime.InferenceSession | None] = {}
+        self._single: dict[str, onnxruntime.InferenceSession | None] = {}
         self._lock = threading.Lock()
         self._fallback = TorchRunner("cpu")
+        self.single_threaded: Runner = _SingleThreaded(self)
 
     def run(self, backbone: str, batch: np.ndarray) -> np.ndarray:
-        session = self.session(backbone)
+        return self._run(self.session(backbone), backbone, batch)
+
+    def _run(self, session: onnxruntime.InferenceSession | None, backbone: str,
+             batch: np.ndarray) -> np.ndarray:
         if session is None:  # the export disagreed with torch: torch it is
             return self._fallback.run(backbone, batch)
         inputs = {"input": np.ascontiguousarray(batch, dtype=np.float32)}
         return np.asarray(session.run(None, inputs)[0], dtype=np.float32)
+
+    def single_session(self, backbone: str) -> onnxruntime.InferenceSession | None:
+        """A session of the backbone's checked export without an intra-op pool (None where
+        the export failed its check); built once, after the pooled one."""
+        checked = self.session(backbone)
+        with self._lock:
+            if backbone not in self._single:
+                self._single[backbone] = None if checked is None else self._load(
+                    export_path(self.cache_dir, backbone), threads=1)
+            return self._single[backbone]
 
     def session(self, backbone: str) -> onnxruntime.InferenceSession | None:
         """The backbone's session (None if its export does not match torch); builds it once."""
@@ -199,7 +249,8 @@ class OnnxRunner:
         release_backbone(backbone, "cpu")  # the export and the check were its last uses here
         return session
 
-    def _load(self, path: Path) -> onnxruntime.InferenceSession | None:
+    def _load(self, path: Path, *,
+              threads: int | None = None) -> onnxruntime.InferenceSession | None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -211,8 +262,9 @@ class OnnxRunner:
         # "Threads"): off unless asked for.
         options.add_session_config_entry("session.intra_op.allow_spinning",
                                          "1" if self.spin else "0")
-        if self.threads is not None:
-            options.intra_op_num_threads = self.threads
+        threads = threads or self.threads
+        if threads is not None:
+            options.intra_op_num_threads = threads
         try:
             return onnxruntime.InferenceSession(str(path), options,
                                                 providers=["CPUExecutionProvider"])
@@ -226,6 +278,21 @@ class OnnxRunner:
         batch = _parity_batch(_network(backbone))
         ours = np.asarray(session.run(None, {"input": batch})[0])
         return float(np.abs(ours - self._fallback.run(backbone, batch)).max())
+
+
+class _SingleThreaded:
+    """An OnnxRunner's networks run on the calling thread alone (OnnxRunner.single_threaded)."""
+
+    def __init__(self, owner: OnnxRunner) -> None:
+        self.owner = owner
+
+    def run(self, backbone: str, batch: np.ndarray) -> np.ndarray:
+        session = self.owner.single_session(backbone)
+        if len(batch) <= SINGLE_THREADED_BATCH:
+            return self.owner._run(session, backbone, batch)
+        return np.concatenate([
+            self.owner._run(session, backbone, batch[start:start + SINGLE_THREADED_BATCH])
+            for start in range(0, len(batch), SINGLE_THREADED_BATCH)])
 
 
 class _file_lock:  # noqa: N801  (used as a context manager, like open)

@@ -103,13 +103,14 @@ def test_features_for_computes_only_misses_in_order(tmp_path, monkeypatch):
     np.testing.assert_array_equal(out[3], out[0])  # a duplicate image shares its row
     assert len({float(row[0]) for row in out[[0, 2, 4]]}) == 3
     assert sorted(loaded) == ["aa", "cc", "dd"]  # cached and duplicate images are not loaded
-    assert calls == [("mobilenet_v2", 2), ("mobilenet_v2", 1)]
+    # Three images to compute: a chunk each (at most batch_size), so that both workers work.
+    assert calls == [("mobilenet_v2", 1)] * 3
     assert cache.get("dd" * 32, "mobilenet_v2") is not None
 
     loaded.clear()
     again = cache.features_for("mobilenet_v2", items)
     np.testing.assert_array_equal(again, out)
-    assert loaded == [] and len(calls) == 2
+    assert loaded == [] and len(calls) == 3
 
 
 def test_features_for_recomputes_a_vector_of_the_wrong_dimension(tmp_path, monkeypatch):
@@ -161,12 +162,12 @@ def test_views_are_cached_separately_and_augmented(tmp_path, monkeypatch):
     view0 = cache.features_for("mobilenet_v2", items)
     view1 = cache.features_for("mobilenet_v2", items, view=1)
     assert (tmp_path / RECIPE / "mobilenet_v2" / "1" / "aa" / f"{'aa' * 32}.npy").is_file()
-    assert calls == [("mobilenet_v2", 2), ("mobilenet_v2", 2)]
+    assert calls == [("mobilenet_v2", 1)] * 4  # two images, a chunk each, per view
     assert not np.array_equal(view0, view1)  # view 1 is an augmentation, not the image
     np.testing.assert_array_equal(cache.get("aa" * 32, "mobilenet_v2", view=1), view1[0])
     again = cache.features_for("mobilenet_v2", items, view=1)
     np.testing.assert_array_equal(again, view1)
-    assert len(calls) == 2  # the second request for view 1 was all hits
+    assert len(calls) == 4  # the second request for view 1 was all hits
     with pytest.raises(ValueError):
         cache.path(HASH, "mobilenet_v2", view=-1)
 
@@ -191,10 +192,54 @@ def test_views_for_stacks_views_and_assembles_composites(tmp_path, monkeypatch):
     _, w_lite = component_weights(name)
     np.testing.assert_allclose(out[name][:, :, 1280:], out["efficientnet_lite2"] * w_lite)
     # Each image was decoded once for all its views, and each (image, view) run once through
-    # each of the two networks: one batch of 2 images x 3 views per network.
+    # each of the two networks: a chunk per image (two workers), of its 3 views per network.
     assert sorted(loaded) == ["aa", "bb"]
-    assert sorted(calls) == [("efficientnet_lite2", 6), ("mobilenet_v2", 6)]
+    assert sorted(calls) == [("efficientnet_lite2", 3)] * 2 + [("mobilenet_v2", 3)] * 2
     assert fractions[-1] == 1.0 and fractions == sorted(fractions)
     composite = cache.features_for(name, items[:2], view=2)
     np.testing.assert_array_equal(composite, out[name][:2, 2])
-    assert len(calls) == 2  # the composite came from the cached components
+    assert len(calls) == 4  # the composite came from the cached components
+
+
+class _StreamsRunner:
+    """A runner that offers `streams` concurrent calls and records how many overlap."""
+
+    def __init__(self, streams: int) -> None:
+        import threading
+
+        self.streams = streams
+        self.single_threaded = self
+        self.running = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def run(self, backbone, batch):
+        import time
+
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.02)  # long enough for the other workers to arrive
+        with self.lock:
+            self.running -= 1
+        return np.repeat(batch.mean(axis=(1, 2, 3))[:, None], 1280, axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_extraction_runs_as_many_engine_calls_at_once_as_the_runner_offers(tmp_path, streams):
+    items = [_noise_item(f"{i:02d}", i) for i in range(24)]
+    runner = _StreamsRunner(streams)
+    fractions: list[float] = []
+    out = FeatureCache(tmp_path / "parallel").views_for(
+        ["mobilenet_v2"], items, views=[0, 1], batch_size=2, runner=runner,
+        progress=fractions.append)["mobilenet_v2"]
+    assert runner.most == streams  # never more than offered; with work waiting, all of them
+    # The same vectors, in the same rows, as one call at a time, and all of them cached.
+    alone = FeatureCache(tmp_path / "alone").views_for(
+        ["mobilenet_v2"], items, views=[0, 1], batch_size=2,
+        runner=_StreamsRunner(1))["mobilenet_v2"]
+    np.testing.assert_array_equal(out, alone)
+    cache = FeatureCache(tmp_path / "parallel")
+    for row, (image_hash, _) in enumerate(items):
+        np.testing.assert_array_equal(cache.get(image_hash, "mobilenet_v2", view=1), out[row, 1])
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0

@@ -13,7 +13,7 @@ from PIL import Image
 
 from app.ml import engines
 from app.ml.backbones import available_backbones, get_network, preprocess
-from app.ml.engines import OnnxRunner, TorchRunner, export_path, make_runner
+from app.ml.engines import OnnxRunner, TorchRunner, bulk_runner, export_path, make_runner
 from app.ml.registry import BACKBONES
 from tests.conftest import DATASETS, ENGINES
 
@@ -115,6 +115,40 @@ def test_the_runner_follows_the_settings(tmp_path: Path) -> None:
     assert make_runner("cpu", tmp_path, threads=1).threads == 1  # type: ignore[attr-defined]
     assert make_runner("cpu", tmp_path).spin is False  # type: ignore[attr-defined]
     assert make_runner("cpu", tmp_path, spin=True).spin is True  # type: ignore[attr-defined]
+
+
+def test_bulk_work_runs_single_threaded_sessions_of_the_same_export(shared: OnnxRunner) -> None:
+    from app.ml.batching import BatchingRunner
+
+    runner = OnnxRunner(ENGINES, threads=2)
+    single, streams = bulk_runner(runner)
+    assert streams == 2 and single is runner.single_threaded
+    batch = photo_batch("mobilenet_v2")
+    ours = single.run("mobilenet_v2", batch)
+    assert np.abs(ours - runner.run("mobilenet_v2", batch)).max() <= 1e-5
+    session = runner.single_session("mobilenet_v2")
+    assert session is not None and session is not runner.session("mobilenet_v2")
+    assert session.get_session_options().intra_op_num_threads == 1
+    # Through the micro-batcher too: bulk work bypasses its lanes.
+    batching = BatchingRunner(runner, window_s=0.002, max_size=8)
+    assert bulk_runner(batching) == (runner.single_threaded, 2)
+    # One stream, or another engine: the runner itself, one call at a time.
+    one = OnnxRunner(ENGINES, threads=1)
+    assert bulk_runner(one) == (one, 1)
+    torch_runner = TorchRunner("cpu")
+    assert bulk_runner(torch_runner) == (torch_runner, 1)
+
+
+def test_an_export_that_fails_its_check_is_not_used_in_bulk_either(
+        shared: OnnxRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    shared.session("mobilenet_v2")
+    monkeypatch.setattr(engines, "PARITY_TOLERANCE", -1.0)
+    runner = OnnxRunner(ENGINES, threads=2)
+    single, _ = bulk_runner(runner)
+    batch = photo_batch("mobilenet_v2")[:2]
+    assert runner.single_session("mobilenet_v2") is None
+    assert np.array_equal(single.run("mobilenet_v2", batch),
+                          TorchRunner("cpu").run("mobilenet_v2", batch))
 
 
 def test_composites_are_run_by_their_parts(shared: OnnxRunner) -> None:

@@ -288,7 +288,7 @@ def test_the_draft_side_leaves_every_backbone_input_without_upscaling() -> None:
             continue
         eval_crop = network.input_size / network.crop_pct
         smallest_augmented_crop = network.input_size / math.sqrt(CROP_SCALE[0])
-        assert imaging.DRAFT_SIDE >= math.ceil(max(eval_crop, smallest_augmented_crop))
+        assert math.ceil(max(eval_crop, smallest_augmented_crop)) <= imaging.DRAFT_SIDE
 
 
 def test_rotated_large_jpeg_reports_displayed_full_size() -> None:

@@ -18,6 +18,14 @@ the lane skip the window: once no announced caller is still preparing, nobody th
 wait for is coming, and a lone request runs at once instead of idling `window_s` (2 of a
 MobileNetV2 predict's 7 ms). Callers that never announce keep the plain window.
 
+Where the inner runner offers single-threaded passes (engines.bulk_runner: an OnnxRunner, one
+per core), each backbone has one lane thread per core. A call that finds the lane alone (no
+other call of it running, nothing else waiting, nobody announced) runs on the inner runner's
+pooled session, every core on one image: the lowest latency. Under load each lane thread runs
+its batch single-threaded instead, as many at once as there are cores: independent passes
+without the pool's per-operator barriers, which a predict's decoding would otherwise stall
+(docs/EXPERIMENTS.md, "Serving overhead").
+
 A batch larger than `max_size` (a job extracting features in big chunks) is not split: it runs
 in the caller's thread, as without batching. `window_s <= 0` makes the wrapper a passthrough.
 """
@@ -35,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.ml.engines import Runner
+from app.ml.engines import Runner, bulk_runner
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +57,21 @@ class _Pending:
 
 
 class _Lane:
-    """One backbone's queue and the thread that empties it."""
+    """One backbone's queue and the threads that empty it (one per core the engine offers)."""
 
     def __init__(self, runner: BatchingRunner, backbone: str) -> None:
         self.runner = runner
         self.backbone = backbone
         self.waiting: deque[_Pending] = deque()
         self.images = 0  # rows waiting, in all
+        self.running = 0  # inner calls of this lane under way
         self.ready = runner.changed  # one condition for all lanes: `preparing` is shared
-        self.thread = threading.Thread(target=self._serve, name=f"microbatch-{backbone}",
-                                       daemon=True)
-        self.thread.start()
+        single, streams = bulk_runner(runner.inner)
+        self.single: Runner | None = single if streams > 1 else None
+        self.threads = [threading.Thread(target=self._serve, name=f"microbatch-{backbone}-{i}",
+                                         daemon=True) for i in range(streams)]
+        for thread in self.threads:
+            thread.start()
 
     def submit(self, batch: np.ndarray, *, announced: bool) -> Future[np.ndarray]:
         """Queue the batch (the caller holds self.ready)."""
@@ -69,10 +81,11 @@ class _Lane:
         self.ready.notify_all()
         return pending.future
 
-    def _take(self) -> list[_Pending]:
+    def _take(self) -> tuple[list[_Pending], bool]:
         """Wait for work; return the oldest batches that fit in max_size, once the window of
         the oldest has passed, max_size images wait, or (the oldest announced) no announced
-        caller is still preparing."""
+        caller is still preparing; and whether this call is alone (nothing else running,
+        waiting or announced). Counts the call as running."""
         window, max_size = self.runner.window_s, self.runner.max_size
         with self.ready:
             while not self.waiting:
@@ -85,28 +98,39 @@ class _Lane:
                 if left <= 0:
                     break
                 self.ready.wait(left)
+                if not self.waiting:  # another thread of this lane took them meanwhile
+                    return [], False
             taken, size = [], 0
             while self.waiting and size + len(self.waiting[0].batch) <= max_size:
                 pending = self.waiting.popleft()
                 size += len(pending.batch)
                 taken.append(pending)
             self.images -= size
-            return taken
+            alone = (self.running == 0 and not self.waiting
+                     and self.runner.preparing_now == 0)
+            self.running += 1
+            self.runner.calls += 1
+            return taken, alone
 
     def _serve(self) -> None:
         while True:
-            taken = self._take()
+            taken, alone = self._take()
+            if not taken:
+                continue
+            engine = self.runner.inner if alone or self.single is None else self.single
             try:
-                self.runner.calls += 1
                 if len(taken) == 1:
-                    features = self.runner.inner.run(self.backbone, taken[0].batch)
+                    features = engine.run(self.backbone, taken[0].batch)
                 else:
                     joined = np.concatenate([pending.batch for pending in taken])
-                    features = self.runner.inner.run(self.backbone, joined)
+                    features = engine.run(self.backbone, joined)
             except BaseException as exc:  # noqa: BLE001  (each caller gets it; the lane lives)
                 for pending in taken:
                     pending.future.set_exception(exc)
                 continue
+            finally:
+                with self.ready:
+                    self.running -= 1
             start = 0
             for pending in taken:
                 end = start + len(pending.batch)

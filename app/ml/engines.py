@@ -257,11 +257,14 @@ class OnnxRunner:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.inter_op_num_threads = 1
-        # Spinning saves a wake-up per operator when nothing else wants the cores, and takes
-        # them from decoding and the web server when something does (docs/EXPERIMENTS.md,
-        # "Threads"): off unless asked for.
-        options.add_session_config_entry("session.intra_op.allow_spinning",
-                                         "1" if self.spin else "0")
+        # The pool's threads spin between the operators of a run, which saves a wake-up per
+        # operator (about a millisecond of a 5 ms MobileNetV2 pass), and stop spinning as soon
+        # as the run returns, so between runs they take nothing from decoding and the web
+        # server; `spin` keeps them spinning after runs too, ONNX Runtime's default
+        # (docs/EXPERIMENTS.md, "Threads" and "Serving overhead").
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop",
+                                         "0" if self.spin else "1")
         threads = threads or self.threads
         if threads is not None:
             options.intra_op_num_threads = threads

@@ -261,3 +261,77 @@ def test_callers_that_never_announce_keep_the_plain_window() -> None:
     assert runner.run("mobilenet_v2", batch_of(2)).shape == (1, 3)
     first.join(10)
     assert inner.calls == [("mobilenet_v2", 2)]
+
+
+class Streams(Recorder):
+    """An engine offering `streams` single-threaded passes (as OnnxRunner does): calls of the
+    pooled engine go to `calls`, single-threaded ones to `single.calls`; `single` counts how
+    many of its calls overlap."""
+
+    def __init__(self, streams: int = 2) -> None:
+        super().__init__()
+        self.streams = streams
+        self.single_threaded = self.single = Recorder()
+        self.running = 0
+        self.most = 0
+        single_run = self.single.run
+
+        def counted(backbone: str, batch: np.ndarray) -> np.ndarray:
+            with self._lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            time.sleep(0.03)
+            try:
+                return single_run(backbone, batch)
+            finally:
+                with self._lock:
+                    self.running -= 1
+
+        self.single.run = counted  # type: ignore[method-assign]
+
+
+def test_a_lone_call_runs_on_the_pooled_engine() -> None:
+    inner = Streams()
+    runner = BatchingRunner(inner, window_s=0.002, max_size=32)
+    for seed in range(3):  # one after another: each finds the lane idle
+        np.testing.assert_array_equal(runner.run("mobilenet_v2", batch_of(seed)),
+                                      Recorder().run("x", batch_of(seed)))
+    assert inner.calls == [("mobilenet_v2", 1)] * 3 and inner.single.calls == []
+
+
+def test_under_load_calls_run_single_threaded_one_per_stream() -> None:
+    inner = Streams(streams=2)
+    inner.gate = threading.Event()  # the first call holds the pooled engine...
+    runner = BatchingRunner(inner, window_s=0.001, max_size=2)
+    first = threading.Thread(target=runner.run, args=("mobilenet_v2", batch_of(0)))
+    first.start()
+    assert inner.entered.wait(10)
+    batches = [batch_of(seed) for seed in range(1, 9)]  # ...while eight more arrive
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda b: runner.run("mobilenet_v2", b), batches))
+        inner.gate.set()
+    first.join(10)
+    for batch, result in zip(batches, results, strict=True):
+        np.testing.assert_array_equal(result, Recorder().run("x", batch))
+    assert inner.calls == [("mobilenet_v2", 1)]  # only the lone first call was pooled
+    assert sum(size for _, size in inner.single.calls) == 8
+    assert all(size <= 2 for _, size in inner.single.calls)  # max_size still holds
+    assert inner.most == 1  # the other stream was busy with the pooled call meanwhile
+
+
+def test_a_burst_runs_on_every_stream_at_once_and_never_more() -> None:
+    inner = Streams(streams=2)
+    pooled_run = inner.run
+
+    def slow_pooled(backbone: str, batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.03)  # as long as a single-threaded pass: the others queue meanwhile
+        return pooled_run(backbone, batch)
+
+    inner.run = slow_pooled  # type: ignore[method-assign]
+    runner = BatchingRunner(inner, window_s=0.001, max_size=1)
+    batches = [batch_of(seed) for seed in range(8)]
+    results = run_at_once(runner, batches)
+    for batch, result in zip(batches, results, strict=True):
+        np.testing.assert_array_equal(result, Recorder().run("x", batch))
+    assert inner.most == 2  # both lanes' threads ran single-threaded passes side by side
+    assert len(inner.calls) + len(inner.single.calls) == 8

@@ -299,6 +299,25 @@ def test_a_lone_call_runs_on_the_pooled_engine() -> None:
     assert inner.calls == [("mobilenet_v2", 1)] * 3 and inner.single.calls == []
 
 
+def test_a_lone_announced_call_runs_in_its_own_thread() -> None:
+    inner = Streams()
+    threads: list[str] = []
+    pooled_run = inner.run
+
+    def recording(backbone: str, batch: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return pooled_run(backbone, batch)
+
+    inner.run = recording  # type: ignore[method-assign]
+    runner = BatchingRunner(inner, window_s=0.05, max_size=32)
+    with runner.preparing():
+        runner.run("mobilenet_v2", batch_of(1))
+    runner.run("mobilenet_v2", batch_of(2))  # unannounced: a lane thread, after the window...
+    assert threads[0] == threading.current_thread().name  # ...announced: no hand-off
+    assert threads[1].startswith("microbatch-mobilenet_v2")
+    assert runner.calls == 2
+
+
 def test_under_load_calls_run_single_threaded_one_per_stream() -> None:
     inner = Streams(streams=2)
     inner.gate = threading.Event()  # the first call holds the pooled engine...

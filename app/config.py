@@ -70,12 +70,15 @@ class Settings(BaseSettings):
                     "`auto`: ONNX Runtime on a CPU, torch on a GPU")
     onnx_threads: int | None = Field(
         default=None, ge=1,
-        description="intra-op threads of each ONNX Runtime session; unset: every core")
+        description="intra-op threads of a pooled ONNX Runtime session, and how many "
+                    "single-threaded passes feature extraction and busy predict lanes run at "
+                    "once; unset: every core")
     onnx_spin: bool = Field(
         default=False,
-        description="let ONNX Runtime's idle threads spin-wait for work instead of sleeping; "
-                    "off: on a CPU it shares with decoding and the web server the spinning "
-                    "threads take the cores those need (docs/EXPERIMENTS.md, Threads)")
+        description="keep a pooled ONNX Runtime session's threads spin-waiting after a run "
+                    "too (ONNX Runtime's default); off, they spin only between a run's "
+                    "operators and park when it returns, leaving the cores to decoding and the "
+                    "web server (docs/EXPERIMENTS.md, Threads)")
     engine_cache_dir: Path | None = Field(
         default=None,
         description="where the ONNX exports of the backbones are kept (one per weights hash "

@@ -8,10 +8,11 @@ Both sides run the same engine (ONNX Runtime on a CPU, NANONET_ONNX_THREADS) on 
 images, eval view only. The pipeline side is FeatureCache.views_for on an empty cache (stored
 bytes decoded through app.ml.imaging.decode_image, preprocessed, run, each vector written to
 the cache), exactly as a training or an upload runs it. The bare side runs the same images,
-preprocessed beforehand, every way this engine can: one pooled session with ONNX Runtime's
-threads sleeping (the service's default) or spinning, and single-threaded sessions called from
-one thread per core (what the pipeline uses), each in batches of every `--bare-batches` size;
-the fastest of all is the reference. Rounds alternate the two sides; medians are kept.
+preprocessed beforehand, every way this engine can: one pooled session whose threads spin
+only during a run (the service's default) or always (ONNX Runtime's default), and
+single-threaded sessions called from one thread per core (what the pipeline uses), each in
+batches of every `--bare-batches` size; the fastest of all is the reference. Rounds alternate
+the two sides; medians are kept.
 
 The last row runs the default candidates together, as a training does: each image is decoded
 once for all of them, and the bare reference is the sum of each backbone's best time.
@@ -62,7 +63,7 @@ def bare_ways(runner: Any, spinning: Any) -> dict[str, tuple[Any, int]]:
     from app.ml.engines import bulk_runner
 
     single, streams = bulk_runner(runner)
-    ways = {"sleeping": (runner, 1), "spinning": (spinning, 1)}
+    ways = {"pooled": (runner, 1), "pooled always spinning": (spinning, 1)}
     if streams > 1:
         ways[f"{streams}x single-threaded"] = (single, streams)
     return ways

@@ -1,0 +1,28 @@
+"""bench/ingest.py tiny (8 photos, one round, batches of 4), so the bench keeps working (its
+full figures are in the README)."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.ml.engines import OnnxRunner
+from bench.ingest import DATASETS, bare_ways, measure
+from tests.conftest import ENGINES
+
+PHOTOS = sorted((DATASETS / "hymenoptera" / "val").glob("*/*.jpg"))[:8]
+
+pytestmark = pytest.mark.skipif(not PHOTOS, reason=f"needs the hymenoptera photos in {DATASETS}")
+
+
+def test_ingest_bench_measures_every_bare_way_and_the_pipeline() -> None:
+    runner = OnnxRunner(ENGINES, threads=2)
+    spinning = OnnxRunner(ENGINES, threads=2, spin=True)
+    assert set(bare_ways(runner, spinning)) == {"pooled", "pooled always spinning",
+                                                "2x single-threaded"}
+    said: list[str] = []
+    figures = measure(["mobilenet_v2", "efficientnet_lite2"], [p.read_bytes() for p in PHOTOS],
+                      rounds=1, batch=4, bare_batches=[1, 4], runner=runner,
+                      spinning=spinning, say=said.append)
+    assert figures["bare_img_s"] > 0 and figures["pipeline_img_s"] > 0
+    assert set(figures["best"]) == {"mobilenet_v2", "efficientnet_lite2"}
+    assert len(said) == 2 and "2x single-threaded b4" in said[0]

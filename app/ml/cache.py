@@ -238,10 +238,9 @@ class FeatureCache:
         # A bounded pipeline of workers, each decoding and preprocessing a chunk, then running
         # it through the engine and storing its vectors. Engine calls are capped at what the
         # runner runs well at once (engines.bulk_runner: one single-threaded ONNX Runtime pass
-        # per core; one call at a time for torch), and there is always one worker more than
-        # that cap's minimum of one, so a chunk is being decoded while the engine runs: the
-        # GIL is released by Pillow, numpy and the engine alike. At most `workers` + 1 chunks
-        # are in memory.
+        # per core; one call at a time for torch), with a worker per call and never fewer than
+        # two, so that a chunk is being decoded while the engine runs: Pillow, numpy and the
+        # engine all release the GIL. At most `workers` + 1 chunks are in memory.
         engine_calls = threading.Semaphore(streams)
 
         def extract(chunk: list[str]) -> dict[str, tuple[list[tuple[str, int]], np.ndarray]]:

@@ -54,8 +54,8 @@ def available_cores() -> int:
 
 
 def bulk_runner(runner: Runner) -> tuple[Runner, int]:
-    """What bulk work (feature extraction over many images) should call, and how many of its
-    calls to keep running at once.
+    """What bulk work (feature extraction over many images, a busy micro-batching lane) should
+    call, and how many of its calls to keep running at once.
 
     An OnnxRunner offers single-threaded sessions of the same checked exports, one call per
     core (`OnnxRunner.streams`): on a CPU, independent single-threaded passes beat one pass
@@ -181,7 +181,8 @@ class OnnxRunner:
 
     `threads` caps each session's intra-op pool (None: ONNX Runtime's default, every core);
     sessions run one operator at a time, so a request never takes more than that many cores.
-    `spin`: whether the pool's idle threads spin-wait (ONNX Runtime's default) or sleep.
+    `spin`: whether the pool's threads keep spin-waiting after a run (ONNX Runtime's default)
+    or park as soon as it returns; they spin between the operators of a run either way.
 
     `single_threaded` runs the same checked exports in sessions without a pool, each call on
     its caller's thread, for `streams` (= `threads`, or every core) callers at once: the bulk

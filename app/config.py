@@ -113,6 +113,13 @@ class Settings(BaseSettings):
         description="bytes of a request body that is not multipart (JSON, web forms); a "
                     "multipart body may have max_request_bytes. Counted as the body arrives, "
                     "chunked or not, and refused with 413 before it is read further")
+    key_check_unread_above: int = Field(
+        default=256 * 1024, ge=0,
+        description="an /api body larger than this (by its Content-Length), or chunked, must "
+                    "carry a valid key before a byte of it is read; a smaller one is read first "
+                    "and its key checked by the route, before any of it is used, which spares "
+                    "a predict a thread hand-off and a second key lookup. 0: every body "
+                    "unread until its key is checked")
     max_request_pixels: int = Field(
         default=1_000_000_000, ge=1,
         description="decoded pixels one request may cost in all, summed from the image headers "

@@ -273,26 +273,65 @@ def test_a_valid_key_lets_the_body_through(small: TestClient) -> None:
     assert small.get("/api/v1/models", headers=bearer()).json()["models"][0]["name"] == "chunked"
 
 
-def test_a_key_the_gate_checked_is_not_looked_up_again(small: TestClient,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def _count_key_lookups(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """{"gate": keys the intake guard looked up, "route": keys the routes did}."""
     import app.api.deps
     import app.api.intake_guard
     from app.services.accounts import authenticate
 
-    looked_up: list[str] = []
+    looked_up: dict[str, list[str]] = {"gate": [], "route": []}
+    for where, module in (("gate", app.api.intake_guard), ("route", app.api.deps)):
+        def counting(session, *, key, where=where):  # type: ignore[no-untyped-def]
+            looked_up[where].append(key)
+            return authenticate(session, key=key)
 
-    def counting(session, *, key):  # type: ignore[no-untyped-def]
-        looked_up.append(key)
-        return authenticate(session, key=key)
+        monkeypatch.setattr(module, "authenticate", counting)
+    return looked_up
 
-    monkeypatch.setattr(app.api.intake_guard, "authenticate", counting)
-    monkeypatch.setattr(app.api.deps, "authenticate", counting)
-    created = small.post("/api/v1/models", json={"name": "once", "categories": ["a", "b"]},
-                         headers=bearer())
-    assert created.status_code == 201 and looked_up == [API_KEY]  # the gate's lookup only
-    looked_up.clear()
-    assert small.get("/api/v1/models", headers=bearer()).status_code == 200
-    assert looked_up == [API_KEY]  # no body, no gate: the route looks it up itself
+
+def test_a_key_the_gate_checked_is_not_looked_up_again(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    looked_up = _count_key_lookups(monkeypatch)
+    settings = make_settings(tmp_path / "data", extract_on_upload=False,
+                             key_check_unread_above=0)  # every body: the key first
+    with TestClient(create_app(settings)) as client:
+        created = client.post("/api/v1/models", headers=bearer(),
+                              json={"name": "once", "categories": ["a", "b"]})
+        assert created.status_code == 201
+        assert looked_up == {"gate": [API_KEY], "route": []}  # the gate's lookup only
+        looked_up["gate"].clear()
+        assert client.get("/api/v1/models", headers=bearer()).status_code == 200
+        assert looked_up == {"gate": [], "route": [API_KEY]}  # no body, no gate
+
+
+def test_a_small_declared_body_is_read_and_its_key_checked_by_the_route(
+        small: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    looked_up = _count_key_lookups(monkeypatch)
+    body = json.dumps({"name": "small", "categories": ["a", "b"]}).encode()
+    sent = Exchange(small, "POST", "/api/v1/models", chunks=[body],
+                    headers={"Content-Type": "application/json",
+                             "Content-Length": str(len(body)), **bearer()})
+    assert sent.status == 201 and looked_up == {"gate": [], "route": [API_KEY]}  # once
+    refused = Exchange(small, "POST", "/api/v1/models", chunks=[body],
+                       headers={"Content-Type": "application/json",
+                                "Content-Length": str(len(body)),
+                                "Authorization": "Bearer nn_wrong_key_0123456789abcdef0123"})
+    assert refused.status == 401 and refused.error_code() == "invalid_api_key"
+    assert refused.pulled == len(body)  # read (it is small), then refused by the route
+    assert [m["name"] for m in small.get("/api/v1/models", headers=bearer()).json()["models"]] \
+        == ["small"]  # nothing of the refused one was kept
+
+
+def test_a_declared_body_past_the_unread_limit_needs_its_key_first(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", extract_on_upload=False,
+                             key_check_unread_above=10)
+    body = json.dumps({"name": "not small", "categories": ["a", "b"]}).encode()
+    with TestClient(create_app(settings)) as client:
+        sent = Exchange(client, "POST", "/api/v1/models", chunks=[body],
+                        headers={"Content-Type": "application/json",
+                                 "Content-Length": str(len(body))})
+    assert sent.status == 401 and sent.error_code() == "missing_api_key"
+    assert sent.pulled == 0
 
 
 def test_web_routes_get_the_byte_limit_but_not_the_key_gate(small: TestClient) -> None:

@@ -54,3 +54,19 @@ def test_upload_starts_background_feature_extraction(client: TestClient) -> None
     digests = [r["sha256"] for r in upload(client, model_id, "hemlock",
                                            tree_photos("hemlock")[:3]).json()["results"]]
     assert all(runtime.features.get(d, "mobilenet_v2") is not None for d in digests)
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "metrics"), ("GET", "review"), ("GET", "export"), ("POST", "predict"),
+    ("POST", "predict/urls")])
+def test_a_version_past_64_bits_is_422_not_500(client: TestClient, method: str,
+                                               path: str) -> None:
+    # schemathesis found GET .../metrics?version=5944897633209971552959856640 overflowing the
+    # driver (a 500)
+    model_id = create_model(client)
+    response = client.request(method, f"/api/v1/models/{model_id}/{path}",
+                              params={"version": str(2**63)}, headers=bearer())
+    assert response.status_code == 422, response.text
+    assert client.request(method, f"/api/v1/models/{model_id}/{path}",
+                          params={"version": str(2**63 - 1)},
+                          headers=bearer()).status_code != 500

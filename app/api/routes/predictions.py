@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi import APIRouter, File, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import RuntimeDep, account_for, read_uploads
+from app.api.deps import RuntimeDep, VersionQuery, account_for, read_uploads
 from app.api.rate_limits import PREDICTIONS, count
 from app.schemas.predictions import PredictResponse, PredictResult
 from app.services.predictions import predict
@@ -17,7 +17,7 @@ router = APIRouter(prefix="/models", tags=["predict"])
 async def predict_images(model_id: str, request: Request, runtime: RuntimeDep,
                          files: Annotated[list[UploadFile] | None, File()] = None,
                          reject_unknown: bool = False,
-                         version: Annotated[int | None, Query(ge=1)] = None) -> PredictResponse:
+                         version: VersionQuery = None) -> PredictResponse:
     """Classify each file with the model's active version (or `?version=n`); probabilities
     for every label, and the number of the version that answered.
 

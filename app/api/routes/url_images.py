@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Depends
 
-from fastapi import APIRouter, Depends, Query
-
-from app.api.deps import AccountDep, RuntimeDep, SessionDep
+from app.api.deps import AccountDep, RuntimeDep, SessionDep, VersionQuery
 from app.api.rate_limits import limit_predictions, limit_uploads
 from app.schemas.images import UploadResponse, UploadResult
 from app.schemas.predictions import PredictResponse, PredictResult
@@ -36,7 +34,7 @@ def upload_urls(model_id: str, body: UrlUpload, session: SessionDep, runtime: Ru
              dependencies=[Depends(limit_predictions)])
 def predict_urls(model_id: str, body: UrlPredict, session: SessionDep, runtime: RuntimeDep,
                  account: AccountDep, reject_unknown: bool = False,
-                 version: Annotated[int | None, Query(ge=1)] = None) -> PredictResponse:
+                 version: VersionQuery = None) -> PredictResponse:
     """Classify the image at each URL as `/predict` classifies a file; a URL that cannot be
     fetched gets its own rejection (`file` is the URL)."""
     number, results = url_service.predict_urls(session, runtime, account=account,

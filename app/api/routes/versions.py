@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.responses import FileResponse
 
-from app.api.deps import AccountDep, RuntimeDep, SessionDep
+from app.api.deps import AccountDep, RuntimeDep, SessionDep, VersionQuery
 from app.schemas.bounds import MAX_INT64, MAX_PAGE, MIN_INT64
 from app.schemas.images import MAX_PER_PAGE
 from app.schemas.models import ActivateOut, VersionDetail, VersionList, VersionOut
@@ -69,7 +69,7 @@ def delete(model_id: str, number: VersionNumber, session: SessionDep, runtime: R
 def export_model(model_id: str, session: SessionDep, runtime: RuntimeDep, account: AccountDep,
                  format: Annotated[Literal["onnx"], Query(
                      description="the file format; only `onnx`")] = "onnx",
-                 version: Annotated[int | None, Query(ge=1, le=MAX_INT64)] = None
+                 version: VersionQuery = None
                  ) -> FileResponse:
     """The active version (or `?version=n`) as one ONNX file: the backbone network(s) and the
     head in one graph, float32 N x 3 x S x S in (exactly what NanoNet's preprocessing gives;

@@ -58,7 +58,7 @@ def test_upload_starts_background_feature_extraction(client: TestClient) -> None
 
 @pytest.mark.parametrize(("method", "path"), [
     ("GET", "metrics"), ("GET", "review"), ("GET", "export"), ("POST", "predict"),
-    ("POST", "predict/urls")])
+    ("POST", "predict/urls"), ("POST", "batch-predictions")])
 def test_a_version_past_64_bits_is_422_not_500(client: TestClient, method: str,
                                                path: str) -> None:
     # schemathesis found GET .../metrics?version=5944897633209971552959856640 overflowing the

@@ -20,7 +20,7 @@ from app.schemas.batches import (
     BatchResult,
     batch_fields,
 )
-from app.schemas.bounds import MAX_PAGE
+from app.schemas.bounds import MAX_INT64, MAX_PAGE
 from app.services import batches as batch_service
 
 router = APIRouter(prefix="/models", tags=["batch predictions"])
@@ -48,7 +48,8 @@ def create_batch(model_id: str, session: SessionDep, runtime: RuntimeDep, accoun
                  body: Annotated[BatchRequest | None, Depends(pool_request)],
                  files: Annotated[list[UploadFile] | None, File()] = None,
                  version: Annotated[int | None, Query(
-                     ge=1, description="a ready version's number; default the active one")] = None,
+                     ge=1, le=MAX_INT64,
+                     description="a ready version's number; default the active one")] = None,
                  reject_unknown: bool = False) -> BatchAccepted:
     """Label many images in a job: `files` parts (multipart), or a JSON body
     `{"image_ids": [...]}` or `{"pool": true}` naming images of the unlabelled pool.

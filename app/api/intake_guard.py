@@ -53,7 +53,10 @@ class IntakeGuard:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _refuse(scope, send, _too_large(limit, hint))
             return
-        small = (declared is not None and declared.isdigit()
+        # Framed by its Content-Length alone (a Transfer-Encoding would override it), so the
+        # server reads no more than declared.
+        small = ("transfer-encoding" not in headers and declared is not None
+                 and declared.isdigit()
                  and int(declared) <= runtime.settings.key_check_unread_above)
         if scope["path"].startswith(API_PREFIX) and not small:
             refusal = await anyio.to_thread.run_sync(_key_refusal, runtime, scope)

@@ -322,6 +322,15 @@ def test_a_small_declared_body_is_read_and_its_key_checked_by_the_route(
         == ["small"]  # nothing of the refused one was kept
 
 
+def test_a_small_length_beside_a_chunked_encoding_is_no_small_body(small: TestClient) -> None:
+    # Transfer-Encoding overrides Content-Length: a body so framed may run on far past the
+    # length it declares, so it is refused before a byte is read, as any chunked one.
+    sent = Exchange(small, "POST", "/api/v1/models", chunks=[b"{}"] * 10,
+                    headers={**chunked("application/json"), "Content-Length": "2"})
+    assert sent.status == 401 and sent.error_code() == "missing_api_key"
+    assert sent.pulled == 0
+
+
 def test_a_declared_body_past_the_unread_limit_needs_its_key_first(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "data", extract_on_upload=False,
                              key_check_unread_above=10)

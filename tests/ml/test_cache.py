@@ -243,3 +243,17 @@ def test_extraction_runs_as_many_engine_calls_at_once_as_the_runner_offers(tmp_p
     for row, (image_hash, _) in enumerate(items):
         np.testing.assert_array_equal(cache.get(image_hash, "mobilenet_v2", view=1), out[row, 1])
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_cached_vectors_are_written_without_fsync_other_files_with_it(tmp_path, monkeypatch):
+    # A cached vector lost to a power cut fails its checksum and is made again, so its write
+    # skips the fsync that was most of its cost; every other atomic write keeps it.
+    from app import storage
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    FeatureCache(tmp_path).put(HASH, "mobilenet_v2", np.ones(1280))
+    assert synced == []
+    storage.atomic_write(tmp_path / "other", b"data")
+    assert len(synced) == 1

@@ -107,11 +107,23 @@ class _Lane:
                 size += len(pending.batch)
                 taken.append(pending)
             self.images -= size
-            alone = (self.running == 0 and not self.waiting
-                     and self.runner.preparing_now == 0)
-            self.running += 1
-            self.runner.calls += 1
+            alone = self.idle()
+            self.start()
             return taken, alone
+
+    def idle(self) -> bool:
+        """Whether nothing of this lane runs or waits and nobody announced is still preparing
+        (the caller holds self.ready)."""
+        return self.running == 0 and not self.waiting and self.runner.preparing_now == 0
+
+    def start(self) -> None:
+        """Count an inner call as running (the caller holds self.ready)."""
+        self.running += 1
+        self.runner.calls += 1
+
+    def finish(self) -> None:
+        with self.ready:
+            self.running -= 1
 
     def _serve(self) -> None:
         while True:
@@ -130,8 +142,7 @@ class _Lane:
                     pending.future.set_exception(exc)
                 continue
             finally:
-                with self.ready:
-                    self.running -= 1
+                self.finish()
             start = 0
             for pending in taken:
                 end = start + len(pending.batch)
@@ -189,11 +200,9 @@ class BatchingRunner:
         lane = self._lane(backbone)
         with self.changed:  # atomically: no lane sees it neither preparing nor queued
             announced = self._leave()
-            alone = (announced and self.preparing_now == 0 and lane.running == 0
-                     and not lane.waiting)
+            alone = announced and lane.idle()
             if alone:  # what a lane thread would do at once: do it here, a hand-off less
-                lane.running += 1
-                self.calls += 1
+                lane.start()
             else:
                 future = lane.submit(batch, announced=announced)
         if not alone:
@@ -201,8 +210,7 @@ class BatchingRunner:
         try:
             return self.inner.run(backbone, batch)
         finally:
-            with self.changed:
-                lane.running -= 1
+            lane.finish()
 
     def _lane(self, backbone: str) -> _Lane:
         with self._lock:

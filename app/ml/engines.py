@@ -214,6 +214,8 @@ class OnnxRunner:
     def single_session(self, backbone: str) -> onnxruntime.InferenceSession | None:
         """A session of the backbone's checked export without an intra-op pool (None where
         the export failed its check); built once, after the pooled one."""
+        if backbone in self._single:
+            return self._single[backbone]
         checked = self.session(backbone)
         with self._lock:
             if backbone not in self._single:
@@ -223,6 +225,8 @@ class OnnxRunner:
 
     def session(self, backbone: str) -> onnxruntime.InferenceSession | None:
         """The backbone's session (None if its export does not match torch); builds it once."""
+        if backbone in self._sessions:  # every run asks: no lock once it is built
+            return self._sessions[backbone]
         with self._lock:  # held while building, so concurrent first calls export once
             if backbone not in self._sessions:
                 self._sessions[backbone] = self._build(backbone)

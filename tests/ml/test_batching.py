@@ -15,11 +15,13 @@ from app.ml.batching import BatchingRunner
 
 class Recorder:
     """A fake backbone: features are a fixed function of each row alone, and every call's
-    (backbone, batch size) is recorded. `gate`, when set, holds calls until released."""
+    (backbone, batch size) is recorded. `gate`, when set, holds calls until released; `delay`
+    makes each call take that long."""
 
-    def __init__(self, *, fail: bool = False) -> None:
+    def __init__(self, *, fail: bool = False, delay: float = 0.0) -> None:
         self.calls: list[tuple[str, int]] = []
         self.fail = fail
+        self.delay = delay
         self.gate: threading.Event | None = None
         self.entered = threading.Event()
         self._lock = threading.Lock()
@@ -28,6 +30,7 @@ class Recorder:
         with self._lock:
             self.calls.append((backbone, len(batch)))
         self.entered.set()
+        time.sleep(self.delay)
         if self.gate is not None:
             assert self.gate.wait(10)
         if self.fail:
@@ -340,13 +343,7 @@ def test_under_load_calls_run_single_threaded_one_per_stream() -> None:
 
 def test_a_burst_runs_on_every_stream_at_once_and_never_more() -> None:
     inner = Streams(streams=2)
-    pooled_run = inner.run
-
-    def slow_pooled(backbone: str, batch: np.ndarray) -> np.ndarray:
-        time.sleep(0.03)  # as long as a single-threaded pass: the others queue meanwhile
-        return pooled_run(backbone, batch)
-
-    inner.run = slow_pooled  # type: ignore[method-assign]
+    inner.delay = 0.03  # a pooled pass as long as a single-threaded one: the others queue
     runner = BatchingRunner(inner, window_s=0.001, max_size=1)
     batches = [batch_of(seed) for seed in range(8)]
     results = run_at_once(runner, batches)

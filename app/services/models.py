@@ -98,7 +98,7 @@ def get_model(session: Session, *, account: Account, model_id: str,
 
 
 @cache
-def _model_with_active_version() -> Select[tuple[Model]]:
+def _model_with_active_version() -> Select[Model]:
     """A model and its active version in one query, built once: a predict runs it, and
     `session.get` with a joinedload option composed its statement anew each time, 0.11 ms more
     on SQLite (docs/EXPERIMENTS.md, "Serving overhead")."""

@@ -10,8 +10,9 @@ bytes decoded through app.ml.imaging.decode_image, preprocessed, run, each vecto
 the cache), exactly as a training or an upload runs it. The bare side runs the same images,
 preprocessed beforehand, every way this engine can: one pooled session whose threads spin
 only during a run (the service's default) or always (ONNX Runtime's default), and
-single-threaded sessions called from one thread per core (what the pipeline uses), each in
-batches of every `--bare-batches` size; the fastest of all is the reference. Rounds alternate
+single-threaded sessions called from one thread per core (what the pipeline uses, in passes of
+`engines.SINGLE_THREADED_BATCH` images), each given whole batches of every `--bare-batches`
+size; the fastest of all is the reference. Rounds alternate
 the two sides; medians are kept.
 
 The last row runs the default candidates together, as a training does: each image is decoded
@@ -58,14 +59,29 @@ def bare_images_per_s(engine: Any, backbone: str, tensors: np.ndarray, *, batch:
         return len(tensors) / (time.perf_counter() - started)
 
 
+class WholeBatches:
+    """The runner's single-threaded sessions, each batch run whole. The service's bulk path
+    (`runner.single_threaded`) splits a batch into passes of `engines.SINGLE_THREADED_BATCH`
+    images; the reference must not inherit that choice, or its batch sizes would all be one."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+
+    def run(self, backbone: str, batch: np.ndarray) -> np.ndarray:
+        session = self.runner.single_session(backbone)
+        if session is None:  # an export that failed its check: what the runner falls back to
+            return self.runner.single_threaded.run(backbone, batch)
+        return session.run(None, {"input": batch})[0]
+
+
 def bare_ways(runner: Any, spinning: Any) -> dict[str, tuple[Any, int]]:
     """{name: (engine, threads calling it at once)}: every way the bare engine can run."""
     from app.ml.engines import bulk_runner
 
-    single, streams = bulk_runner(runner)
+    _, streams = bulk_runner(runner)  # more than one only for ONNX Runtime
     ways = {"pooled": (runner, 1), "pooled always spinning": (spinning, 1)}
     if streams > 1:
-        ways[f"{streams}x single-threaded"] = (single, streams)
+        ways[f"{streams}x single-threaded"] = (WholeBatches(runner), streams)
     return ways
 
 

@@ -32,11 +32,13 @@ log = logging.getLogger(__name__)
 # deployment exports again on first use instead of loading a file made the old way.
 EXPORT_RECIPE = 1
 PARITY_TOLERANCE = 1e-4  # max abs difference of an export's features from torch's
-# A single-threaded session runs a longer batch in passes of this many images: on a 2-core
-# Xeon, two streams of MobileNetV2 passes gave 378 img/s in batches of 4 against 318 in 16,
-# Lite2 138 against 132 (the activations of small batches stay in the core's cache;
+# A single-threaded session runs a longer batch in passes of this many images. On a 2-core
+# Xeon, two streams of bare MobileNetV2 passes ran 381-407 img/s one image at a time, 389-428
+# in batches of 4 and 320-341 in 16 (Lite2 153, 151-155, 134-140): the activations of small
+# batches stay in the core's cache. Beside decoding, in the ingest pipeline, passes of one were
+# the faster in each of three rounds: 242 img/s against 231 (Lite2 118 against 113;
 # docs/EXPERIMENTS.md, "Ingest streams").
-SINGLE_THREADED_BATCH = 4
+SINGLE_THREADED_BATCH = 1
 
 
 class Runner(Protocol):
@@ -296,7 +298,7 @@ class _SingleThreaded:
 
     def run(self, backbone: str, batch: np.ndarray) -> np.ndarray:
         session = self.owner.single_session(backbone)
-        if len(batch) <= SINGLE_THREADED_BATCH:
+        if session is None or len(batch) <= SINGLE_THREADED_BATCH:  # torch takes it whole
             return self.owner._run(session, backbone, batch)
         return np.concatenate([
             self.owner._run(session, backbone, batch[start:start + SINGLE_THREADED_BATCH])

@@ -12,8 +12,7 @@ preprocessed beforehand, every way this engine can: one pooled session whose thr
 only during a run (the service's default) or always (ONNX Runtime's default), and
 single-threaded sessions called from one thread per core (what the pipeline uses, in passes of
 `engines.SINGLE_THREADED_BATCH` images), each given whole batches of every `--bare-batches`
-size; the fastest of all is the reference. Rounds alternate
-the two sides; medians are kept.
+size; the fastest of all is the reference. Rounds alternate the two sides; medians are kept.
 
 The last row runs the default candidates together, as a training does: each image is decoded
 once for all of them, and the bare reference is the sum of each backbone's best time.

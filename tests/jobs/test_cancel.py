@@ -98,13 +98,27 @@ def test_a_queued_training_is_cancelled_at_once(api: TestClient) -> None:
 
 
 def test_a_running_training_stops_at_its_next_report_and_the_active_version_stays(
-        api: TestClient) -> None:
+        api: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.services import training
+
     model_id = _model(api, 3)
     first = wait_for_job(api, _train(api, model_id), timeout=300)
     assert first["status"] == "succeeded", first
     for label in ("hemlock", "japanese_cherry"):  # new images: this training extracts them
         assert upload(api, model_id, label, tree_photos(label)[3:10]).status_code == 200
 
+    # The training reports that it is extracting, then waits for the cancel request before it
+    # extracts (and reports again): fourteen images are extracted faster than a poll loop
+    # reliably sees the stage, and a training that finished first has nothing to cancel.
+    extract = training.extract
+    requested = threading.Event()
+
+    def extract_once_cancel_is_requested(*args: Any, progress: Any, **kwargs: Any) -> Any:
+        progress(0.0)
+        assert requested.wait(60), "the test never asked to cancel"
+        return extract(*args, progress=progress, **kwargs)
+
+    monkeypatch.setattr(training, "extract", extract_once_cancel_is_requested)
     job_id = _train(api, model_id)
     deadline = time.monotonic() + 120
     while api.get(f"/api/v1/jobs/{job_id}", headers=bearer()).json()["stage"] != (
@@ -112,6 +126,7 @@ def test_a_running_training_stops_at_its_next_report_and_the_active_version_stay
         assert time.monotonic() < deadline
         time.sleep(0.05)
     response = _cancel(api, job_id)
+    requested.set()
     assert response.status_code == 202, response.text
     assert response.json()["status"] == "running"
     assert response.json()["cancel_requested_at"] is not None

@@ -35,9 +35,9 @@ PARITY_TOLERANCE = 1e-4  # max abs difference of an export's features from torch
 # A single-threaded session runs a longer batch in passes of this many images. On a 2-core
 # Xeon, two streams of bare MobileNetV2 passes ran 381-408 img/s one image at a time, 389-428
 # in batches of 4 and 320-345 in 16 (Lite2 153-163, 151-157, 134-140; two runs of
-# bench/ingest.py): the activations of small batches stay in the core's cache. Beside decoding, in the ingest pipeline, passes of one were
-# the faster in each of three rounds: 242 img/s against 231 (Lite2 118 against 113;
-# docs/EXPERIMENTS.md, "Ingest streams").
+# bench/ingest.py): the activations of small batches stay in the core's cache. Beside
+# decoding, in the ingest pipeline, passes of one were the faster in each of three rounds:
+# 242 img/s against 231 (Lite2 118 against 113; docs/EXPERIMENTS.md, "Ingest streams").
 SINGLE_THREADED_BATCH = 1
 
 

@@ -1,4 +1,6 @@
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -205,8 +207,6 @@ class _StreamsRunner:
     """A runner that offers `streams` concurrent calls and records how many overlap."""
 
     def __init__(self, streams: int) -> None:
-        import threading
-
         self.streams = streams
         self.single_threaded = self
         self.running = 0
@@ -214,8 +214,6 @@ class _StreamsRunner:
         self.lock = threading.Lock()
 
     def run(self, backbone, batch):
-        import time
-
         with self.lock:
             self.running += 1
             self.most = max(self.most, self.running)
